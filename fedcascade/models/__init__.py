@@ -20,6 +20,7 @@ from fedcascade.models.adapters import (
     lora_pairs,
     lora_scaling,
     model_rank,
+    release_training_state,
     trainable_arrays,
     unwrap,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "model_rank",
     "predict_proba",
     "pretrain_backbone",
+    "release_training_state",
     "resolve_backbone_kind",
     "trainable_arrays",
     "unwrap",

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from fedcascade.models.config import ModelConfig
@@ -23,6 +22,7 @@ __all__ = [
     "adapter_model",
     "cached_adapter_model",
     "clear_adapter_cache",
+    "release_training_state",
     "trainable_arrays",
     "load_trainable_arrays",
     "initial_adapter_arrays",
@@ -88,6 +88,10 @@ def adapter_model(backbone: nn.Module, cfg: ModelConfig, rank: int, seed: int) -
         Same class as ``backbone`` (``.embed`` and ``forward`` work), in eval mode, whose
         trainable parameters are exactly the LoRA ``A``/``B`` matrices and the head.
     """
+    # peft pulls in transformers (seconds of import time): import it only when a model is built,
+    # so reading configs and the CLI stay fast.
+    from peft import LoraConfig, inject_adapter_in_model
+
     rank = _check_rank(rank)
     model = copy.deepcopy(unwrap(backbone))
     for p in model.parameters():
@@ -130,7 +134,8 @@ def cached_adapter_model(
 
     The returned model's trainable tensors hold whatever the previous user left in them: load the
     round's arrays with :func:`load_trainable_arrays` before use. Leftover gradients and Opacus
-    per-sample gradients are cleared here. ``seed`` only matters when the instance is first built.
+    hooks / per-sample gradients are cleared here (:func:`release_training_state`). ``seed`` only
+    matters when the instance is first built.
 
     Parameters
     ----------
@@ -151,14 +156,43 @@ def cached_adapter_model(
         hit = (adapter_model(backbone, cfg, rank, seed), backbone)
         _ADAPTER_CACHE[key] = hit
     model = hit[0]
-    for p in model.parameters():
-        p.grad = None
-        # Opacus leaves these on parameters after a GradSampleModule is used.
-        for attr in ("grad_sample", "summed_grad", "_forward_counter"):
-            if hasattr(p, attr):
-                delattr(p, attr)
+    release_training_state(model)
     model.eval()
     return model
+
+
+# Attributes Opacus attaches to parameters / modules while a GradSampleModule wraps them.
+_OPACUS_PARAM_ATTRS = (
+    "grad_sample",
+    "summed_grad",
+    "_forward_counter",
+    "_current_grad_sample",
+    "_norm_sample",
+)
+_OPACUS_MODULE_ATTRS = ("activations", "max_batch_len", "ft_compute_sample_grad")
+
+
+def release_training_state(model: nn.Module) -> None:
+    """Clear gradients and anything Opacus left on ``model`` so it can be wrapped again.
+
+    A trainer should unwrap with ``GradSampleModule._close()``; this is the safety net for a
+    cached instance whose previous user did not (Opacus refuses to hook a model twice).
+    """
+    model = unwrap(model)
+    handles = getattr(model, "autograd_grad_sample_hooks", None)
+    if handles is not None:
+        while handles:
+            handles.pop().remove()
+        delattr(model, "autograd_grad_sample_hooks")
+    for p in model.parameters():
+        p.grad = None
+        for attr in _OPACUS_PARAM_ATTRS:
+            if hasattr(p, attr):
+                delattr(p, attr)
+    for m in model.modules():
+        for attr in _OPACUS_MODULE_ATTRS:
+            if attr in m.__dict__:
+                delattr(m, attr)
 
 
 def clear_adapter_cache() -> None:
