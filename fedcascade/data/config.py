@@ -52,7 +52,7 @@ class SubDistributionConfig:
         0.0, ge=0, lt=1, doc="probability that a label is replaced at random"
     )
     marginalized: bool | None = param(
-        None, doc="mark as marginalized; default: total records < half of the largest"
+        None, doc="mark as marginalized; default: total records <= half of the largest"
     )
 
     def validate(self, key: str) -> None:
@@ -163,7 +163,7 @@ class DigitsSubDistributionConfig:
     )
     name: str | None = param(None, doc="display name; default 'rot<r>-shift<s>'")
     marginalized: bool | None = param(
-        None, doc="mark as marginalized; default: total records < half of the largest"
+        None, doc="mark as marginalized; default: total records <= half of the largest"
     )
 
     def validate(self, key: str) -> None:

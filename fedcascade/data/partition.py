@@ -148,16 +148,29 @@ def assign_records(
     """
     k, n_classes = weights.shape
     labels = np.asarray(labels)
-    class_counts = np.bincount(labels, minlength=n_classes)[:n_classes]
-    counts = allocate_counts(class_counts, weights)
-    parts: list[list[np.ndarray]] = [[] for _ in range(k)]
-    for c in range(n_classes):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        bounds = np.concatenate([[0], np.cumsum(counts[:, c])])
-        for i in range(k):
-            parts[i].append(idx[bounds[i] : bounds[i + 1]])
-    return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+    n = len(labels)
+    # Records grouped by class, shuffled within each class.
+    order = np.lexsort((rng.random(n), labels))
+    if np.allclose(weights, weights[:, :1]):
+        # Same share for every class (natural, size_skew): exact community totals, and each
+        # community gets every class in proportion (+-1). Deal the class-sorted records to a
+        # sequence in which community i appears T_i times, evenly spread.
+        totals = largest_remainder(n, weights[:, 0])
+        keys = np.concatenate([(np.arange(t) + 0.5) / t for t in totals if t > 0])
+        owners = np.concatenate([np.full(t, i) for i, t in enumerate(totals) if t > 0])
+        # A random tie-break so no community is always first in line.
+        seq = owners[np.lexsort((rng.random(len(keys)), keys))] if n else owners
+        owner = np.empty(n, dtype=np.int64)
+        owner[order] = seq
+    else:
+        class_counts = np.bincount(labels, minlength=n_classes)[:n_classes]
+        counts = allocate_counts(class_counts, weights)
+        owner = np.empty(n, dtype=np.int64)
+        start = 0
+        for c in range(n_classes):
+            owner[order[start : start + class_counts[c]]] = np.repeat(np.arange(k), counts[:, c])
+            start += class_counts[c]
+    return [np.flatnonzero(owner == i).astype(np.int64) for i in range(k)]
 
 
 def stratified_split(

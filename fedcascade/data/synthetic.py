@@ -178,13 +178,13 @@ def marginalized_flags(totals: list[int], explicit: list[bool | None]) -> list[i
     """Indices of marginalized sub-distributions.
 
     An explicit flag wins; otherwise a sub-distribution is marginalized when its total records
-    are less than half of the largest sub-distribution's.
+    are at most half of the largest sub-distribution's.
     """
     biggest = max(totals) if totals else 0
     return [
         k
         for k, (t, e) in enumerate(zip(totals, explicit, strict=True))
-        if (e if e is not None else t < 0.5 * biggest)
+        if (e if e is not None else t <= 0.5 * biggest)
     ]
 
 
