@@ -153,7 +153,7 @@ def pretrain_backbone(
             loss = F.cross_entropy(model(xt[idx]), yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         losses.append(total / len(xt))
     model.eval()
     return losses
