@@ -164,7 +164,7 @@ def _load(path: Path, model: Backbone) -> bool:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         return True
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     except Exception as e:  # corrupt or stale file: retrain and overwrite it
         warnings.warn(f"ignoring unreadable cached backbone {path}: {e}", stacklevel=3)
