@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import math
 import types
-import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -106,7 +105,9 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, key: str = "") -> T:
             values[name] = _coerce(raw[name], hints[name], sub, f.metadata)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             doc = f.metadata.get("doc", "")
-            raise ConfigError(sub, MISSING, _describe(hints[name]), f"this key is required. {doc}".strip())
+            raise ConfigError(
+                sub, MISSING, _describe(hints[name]), f"this key is required. {doc}".strip()
+            )
     obj = cls(**values)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -148,7 +149,9 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        return " or ".join(_describe(a) for a in args) + (" (or omitted)" if len(args) < len(get_args(tp)) else "")
+        return " or ".join(_describe(a) for a in args) + (
+            " (or omitted)" if len(args) < len(get_args(tp)) else ""
+        )
     if origin in (tuple, list):
         args = get_args(tp)
         return f"a list of {_describe(args[0])}" if args else "a list"
@@ -241,7 +244,9 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
         else:
             if len(value) != len(args):
                 raise ConfigError(key, value, f"a list of exactly {len(args)} values")
-            items = [_coerce(v, a, f"{key}[{i}]", meta) for i, (v, a) in enumerate(zip(value, args))]
+            items = [
+                _coerce(v, a, f"{key}[{i}]", meta) for i, (v, a) in enumerate(zip(value, args))
+            ]
         return tuple(items) if origin is tuple else items
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):

@@ -1,0 +1,88 @@
+"""Flower ClientApp: thin handlers that decode a message, call the library, encode the reply.
+
+The science lives in :mod:`fedcascade.community_runtime`; this module only speaks Flower.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcascade import protocol as P
+from fedcascade.community_runtime import (
+    evaluate_community,
+    experiment_from_toml,
+    served_communities,
+    train_community,
+    worker_id,
+)
+from fedcascade.data import load_community
+
+app = ClientApp()
+
+
+def _state_dir(context: Context) -> str | None:
+    value = context.node_config.get("state-dir")
+    return str(value) if value else None
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report which communities this node serves and their public record counts."""
+    cfg = experiment_from_toml(str(msg.content[P.CONFIG]["experiment"]))
+    ids = served_communities(context.node_config, cfg.data.n_communities)
+    communities = [load_community(cfg.data, cfg.seed, c) for c in ids]
+    info = ConfigRecord(
+        {
+            "community-ids": [c.community_id for c in communities],
+            "n-train": [c.n_train for c in communities],
+            "n-val": [c.n_val for c in communities],
+            "n-test": [c.n_test for c in communities],
+            "worker": worker_id(),
+        }
+    )
+    return Message(RecordDict({P.INFO: info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One community trains its cluster's adapter (DP-SGD when the plan says so)."""
+    instr = P.TrainInstruction.from_record(msg.content[P.CONFIG])
+    cfg = experiment_from_toml(instr.experiment)
+    out = train_community(
+        cfg, instr, P.record_to_arrays(msg.content[P.ARRAYS]), _state_dir(context)
+    )
+    content = RecordDict(
+        {
+            P.ARRAYS: P.arrays_to_record(out.arrays),
+            P.METRICS: P.metrics_record(
+                {
+                    "num-examples": out.n_train,
+                    "train-loss": out.loss,
+                    "epsilon": out.privacy.get("epsilon", float("inf")),
+                    "seconds": out.seconds,
+                }
+            ),
+            P.PRIVACY: P.privacy_to_record(out.privacy),
+            P.INFO: ConfigRecord(
+                {"community-id": instr.community_id, "status": out.status, "worker": out.worker}
+            ),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the community's cluster model on its own held-out test split."""
+    instr = P.TrainInstruction.from_record(msg.content[P.CONFIG])
+    cfg = experiment_from_toml(instr.experiment)
+    split = str(instr.extra.get("split", "test"))
+    metrics = evaluate_community(cfg, instr, P.record_to_arrays(msg.content[P.ARRAYS]), split)
+    content = RecordDict(
+        {
+            P.METRICS: P.metrics_record(metrics),
+            P.INFO: ConfigRecord({"community-id": instr.community_id, "worker": worker_id()}),
+        }
+    )
+    return Message(content, reply_to=msg)

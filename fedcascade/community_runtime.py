@@ -1,0 +1,236 @@
+"""What one community does when the server asks: plain functions, no Flower inside.
+
+The ClientApp (:mod:`fedcascade.client_app`) only decodes messages and calls these. Everything a
+worker process builds once is cached here: the parsed experiment, the communities (by the data
+layer), the frozen backbone, and one adapter model per LoRA rank.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedcascade.config import ExperimentConfig, config_digest, config_from_dict
+from fedcascade.data import Federation, build_federation, load_community
+from fedcascade.errors import PrivacyBudgetExceeded
+from fedcascade.models import (
+    cached_adapter_model,
+    evaluate,
+    get_backbone,
+    initial_adapter_arrays,
+    load_trainable_arrays,
+    trainable_arrays,
+)
+from fedcascade.privacy import PrivacyLedger, default_delta, train_dp
+from fedcascade.protocol import STATUS_BUDGET, STATUS_OK, TrainInstruction
+
+# Opacus' hooks on the first adapter layer (whose input needs no gradient) make torch warn on
+# every backward pass; it is expected and harmless here, and would flood every client's log.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
+
+@lru_cache(maxsize=8)
+def experiment_from_toml(text: str) -> ExperimentConfig:
+    """Parse (and validate) the experiment TOML a server sent; cached by content."""
+    import tomllib
+
+    return config_from_dict(tomllib.loads(text))
+
+
+def served_communities(node_config: Mapping[str, Any], n_communities: int) -> list[int]:
+    """Which communities a node serves.
+
+    A node with ``community-id`` serves exactly that community (deployment: one SuperNode per
+    community). A simulated node with ``partition-id`` p of ``num-partitions`` P serves every
+    community c with c mod P == p, so `flwr run .` works with any number of SuperNodes.
+    """
+    if "community-id" in node_config:
+        return [int(node_config["community-id"])]
+    p = int(node_config.get("partition-id", 0))
+    n_parts = int(node_config.get("num-partitions", 1))
+    return [c for c in range(n_communities) if c % n_parts == p]
+
+
+def worker_id() -> str:
+    """Where this call runs: the Ray node id when inside Ray, else host:pid."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - Ray is optional here; fall back to the host name
+        pass
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def federation(cfg: ExperimentConfig) -> Federation:
+    """The experiment's federation (built once per process by the data layer)."""
+    return build_federation(cfg.data, cfg.seed)
+
+
+# Per-process caches keyed by a digest of the sections that determine them (the config itself
+# holds dicts, so it is not hashable).
+_BACKBONES: dict[str, torch.nn.Module] = {}
+
+
+def _backbone(cfg: ExperimentConfig) -> torch.nn.Module:
+    key = config_digest(cfg, "data", "model")
+    if key not in _BACKBONES:
+        fed = federation(cfg)
+        _BACKBONES[key] = get_backbone(
+            cfg.model, fed.input_shape, fed.n_classes, fed.public_x, fed.public_y, cfg.seed
+        )
+    return _BACKBONES[key]
+
+
+def _adapter(cfg: ExperimentConfig, rank: int) -> torch.nn.Module:
+    # One instance per rank, reused across rounds; the models layer clears any Opacus state
+    # a previous round left on it.
+    return cached_adapter_model(_backbone(cfg), cfg.model, rank, cfg.seed)
+
+
+def model_at_rank(
+    cfg: ExperimentConfig, rank: int, arrays: Mapping[str, np.ndarray]
+) -> torch.nn.Module:
+    """The cached adapter model at ``rank`` with ``arrays`` loaded into its trainable tensors."""
+    model = _adapter(cfg, rank)
+    load_trainable_arrays(model, arrays)
+    return model
+
+
+def initial_arrays(cfg: ExperimentConfig, rank: int, seed: int) -> dict[str, np.ndarray]:
+    """Deterministic initial adapter arrays at ``rank`` (the server starts each cluster here)."""
+    fed = federation(cfg)
+    return initial_adapter_arrays(
+        cfg.model, fed.input_shape, fed.n_classes, rank, seed, _backbone(cfg)
+    )
+
+
+def community_delta(cfg: ExperimentConfig, n_train: int) -> float:
+    """The delta of a community: the configured one, or the default below 1/n_train."""
+    return cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(n_train)
+
+
+def ledger_path(cfg: ExperimentConfig, community_id: int, state_dir: str | None) -> Path:
+    """Where a community's privacy ledger lives.
+
+    Deployed nodes keep it in their own ``state-dir`` (node config); simulations keep it in the
+    run directory. The config digest in the name keeps different experiments apart, while a
+    restarted run of the same experiment finds - and keeps honouring - what it already spent.
+    """
+    base = Path(state_dir) if state_dir else cfg.run_dir.resolve() / "ledgers"
+    return (
+        base
+        / f"{cfg.name}-{config_digest(cfg, 'data', 'privacy', 'train', 'strategy')}"
+        / f"community-{community_id}.json"
+    )
+
+
+def open_ledger(
+    cfg: ExperimentConfig, community_id: int, n_train: int, state_dir: str | None
+) -> PrivacyLedger:
+    """The community's persistent ledger (created on first use)."""
+    return PrivacyLedger(
+        ledger_path(cfg, community_id, state_dir),
+        target_epsilon=cfg.privacy.target_epsilon,
+        delta=community_delta(cfg, n_train),
+        accountant=cfg.privacy.accountant,
+    )
+
+
+@dataclass
+class TrainOutcome:
+    """What a community sends back after a train instruction."""
+
+    arrays: dict[str, np.ndarray]
+    n_train: int
+    loss: float
+    status: str
+    privacy: dict[str, Any]
+    seconds: float
+    worker: str
+
+
+def train_community(
+    cfg: ExperimentConfig,
+    instr: TrainInstruction,
+    arrays: Mapping[str, np.ndarray],
+    state_dir: str | None = None,
+) -> TrainOutcome:
+    """Run one block of (DP-)SGD for one community and account for it.
+
+    The ledger is checked and charged *before* training: a plan that would exceed the budget is
+    refused (status ``budget_exhausted``), the arrays come back unchanged and nothing is spent.
+    """
+    torch.set_num_threads(cfg.simulation.torch_threads)
+    community = load_community(cfg.data, cfg.seed, instr.community_id)
+    private = instr.plan is not None
+    ledger = open_ledger(cfg, instr.community_id, community.n_train, state_dir) if private else None
+    if ledger is not None:
+        try:
+            ledger.record(instr.plan)
+        except PrivacyBudgetExceeded:
+            return TrainOutcome(
+                dict(arrays),
+                community.n_train,
+                float("nan"),
+                STATUS_BUDGET,
+                ledger.summary(),
+                0.0,
+                worker_id(),
+            )
+    model = model_at_rank(cfg, instr.lora_rank, arrays)
+    seed = (cfg.seed * 1_000_003 + instr.server_round * 7919 + instr.community_id) % 2**31
+    result = train_dp(model, community.x_train, community.y_train, instr.plan, instr.lr, seed)
+    summary = (
+        ledger.summary()
+        if ledger is not None
+        else {"epsilon": float("inf"), "accountant": "", "private": False}
+    )
+    return TrainOutcome(
+        trainable_arrays(model),
+        community.n_train,
+        result.loss,
+        STATUS_OK,
+        summary,
+        result.seconds,
+        worker_id(),
+    )
+
+
+def evaluate_community(
+    cfg: ExperimentConfig,
+    instr: TrainInstruction,
+    arrays: Mapping[str, np.ndarray],
+    split: str = "test",
+) -> dict[str, float]:
+    """Loss, accuracy and per-group correct/total counts of the community's ``split``."""
+    torch.set_num_threads(cfg.simulation.torch_threads)
+    community = load_community(cfg.data, cfg.seed, instr.community_id)
+    x, y, groups = {
+        "test": (community.x_test, community.y_test, community.groups_test),
+        "val": (community.x_val, community.y_val, community.groups_val),
+    }[split]
+    model = model_at_rank(cfg, instr.lora_rank, arrays)
+    res = evaluate(model, x, y)
+    correct = res.predictions == y.numpy()
+    out: dict[str, float] = {
+        "num-examples": int(len(y)),
+        "loss": float(res.loss),
+        "accuracy": float(res.accuracy),
+        "correct": int(correct.sum()),
+    }
+    for g in np.unique(groups):
+        mask = groups == g
+        out[f"group-correct/{g}"] = int(correct[mask].sum())
+        out[f"group-total/{g}"] = int(mask.sum())
+    return out

@@ -1,0 +1,490 @@
+"""What every fedcascade strategy needs, so a new strategy is about 50 lines.
+
+A strategy keeps a set of *clusters* (each: adapter arrays + LoRA rank) and an *assignment* of
+communities to clusters. Each round it sends every participating community the arrays of its
+cluster, a LoRA rank and a DP plan; it validates the replies and aggregates them per cluster.
+Subclasses override a few hooks:
+
+``setup()``
+    create the initial clusters and assignment (default: one global cluster).
+``plan(community, server_round)``
+    the DP plan of one community (default: the uniform plan calibrated for the whole run).
+``aggregate(server_round, replies)``
+    turn validated replies into new cluster arrays / assignment (default: per-cluster
+    record-weighted average).
+``round_record()``
+    extra fields for this round's line in rounds.jsonl (e.g. the ARI).
+
+The round loop (:meth:`FedcascadeStrategy.run`) reads top to bottom; Flower's abstract
+``configure_*``/``aggregate_*`` methods are implemented on top of the hooks, so the class also
+works with Flower's own ``Strategy.start``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any, ClassVar
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedcascade import protocol as P
+from fedcascade.config import ExperimentConfig, dump_config
+from fedcascade.configtools import build
+from fedcascade.errors import ConfigError
+from fedcascade.privacy import DPPlan, calibrate_noise_multiplier, default_delta
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A strategy without options."""
+
+
+@dataclass(frozen=True)
+class CommunityInfo:
+    """What a strategy may know about a community: public counts only.
+
+    The hidden sub-distribution is deliberately not here: it never reaches a strategy.
+    """
+
+    community_id: int
+    node_id: int
+    n_train: int
+    n_val: int
+    n_test: int
+
+
+@dataclass
+class Cluster:
+    """One cluster model: adapter arrays at a LoRA rank."""
+
+    arrays: Arrays
+    rank: int
+
+
+@dataclass
+class Reply:
+    """A validated train reply of one community."""
+
+    community_id: int
+    cluster_id: int
+    arrays: Arrays
+    n_train: int
+    loss: float
+    status: str
+    privacy: dict[str, Any]
+    worker: str
+    seconds: float
+
+
+@dataclass
+class StrategyContext:
+    """Everything the runner hands a strategy."""
+
+    cfg: ExperimentConfig
+    options: Any
+    communities: list[CommunityInfo]
+    initial_arrays: Callable[[int, int], Arrays]  # (rank, seed) -> arrays
+    log_round: Callable[[dict[str, Any]], None] = lambda record: None
+    on_progress: Callable[[int, int, float | None], None] = lambda r, n, acc: None
+    #: hidden sub-distribution per community; filled ONLY for strategies that declare
+    #: ``uses_ground_truth`` (the oracle evaluation ceiling), empty for every other strategy
+    truth_for_evaluation: dict[int, int] = field(default_factory=dict)
+
+
+def average_arrays(arrays: list[Mapping[str, np.ndarray]], weights: Iterable[float]) -> Arrays:
+    """Weighted average of same-shaped named arrays (weights need not sum to one)."""
+    w = np.asarray(list(weights), dtype=np.float64)
+    if len(arrays) == 0 or w.sum() <= 0:
+        raise ValueError("average_arrays needs at least one array set with positive weight")
+    w = w / w.sum()
+    return {
+        k: sum(wi * np.asarray(a[k], dtype=np.float64) for wi, a in zip(w, arrays)).astype(
+            arrays[0][k].dtype
+        )
+        for k in arrays[0]
+    }
+
+
+class FedcascadeStrategy(Strategy):
+    """Base class of every fedcascade strategy (see the module docstring for the hooks)."""
+
+    #: registered name (``strategy.name`` in the config)
+    name: ClassVar[str] = ""
+    #: how outputs label the strategy (e.g. marks an evaluation-only ceiling)
+    label: ClassVar[str] = ""
+    #: False for strategies that ignore ``[privacy]`` and train without DP
+    private: ClassVar[bool] = True
+    #: the strategy's options dataclass, built from ``[strategy.options]``
+    Options: ClassVar[type] = NoOptions
+    #: True only for evaluation ceilings that may see the hidden sub-distributions
+    uses_ground_truth: ClassVar[bool] = False
+
+    # -- configuration -------------------------------------------------------------------------
+    @classmethod
+    def build_options(cls, raw: Mapping[str, Any], key: str = "strategy.options") -> Any:
+        """Validate ``[strategy.options]`` into :attr:`Options` (clear errors on bad keys)."""
+        return build(cls.Options, raw, key)
+
+    @classmethod
+    def check_config(cls, cfg: ExperimentConfig) -> None:
+        """Cross-section checks a strategy needs (override; raise ConfigError)."""
+
+    def __init__(self, ctx: StrategyContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.options = ctx.options
+        self.communities = {c.community_id: c for c in ctx.communities}
+        self.clusters: dict[int, Cluster] = {}
+        self.assignment: dict[int, int] = {}
+        self.rng = np.random.default_rng(self.cfg.seed + 17)
+        self.experiment_toml = dump_config(self.cfg)
+        self._sigma_cache: dict[tuple[float, int, float], float] = {}
+        self._round_train: dict[str, Any] = {}
+        self._round_eval: dict[str, Any] = {}
+        self.last_eval: dict[int, dict[str, float]] = {}
+        self.privacy: dict[int, dict[str, Any]] = {}
+        self.workers: dict[int, str] = {}
+        self.budget_exhausted: set[int] = set()
+
+    @property
+    def is_private(self) -> bool:
+        """Whether communities train with DP-SGD in this run."""
+        return self.private and self.cfg.privacy.enabled
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create the initial clusters and assignment: one global adapter at the config rank."""
+        rank = self.cfg.model.lora_rank
+        self.clusters = {0: Cluster(self.ctx.initial_arrays(rank, self.cfg.seed), rank)}
+        self.assignment = {cid: 0 for cid in self.communities}
+
+    def participants(self, server_round: int) -> list[CommunityInfo]:
+        """Communities sampled this round (all, or ``train.participation`` of them)."""
+        ids = sorted(c for c in self.communities if c not in self.budget_exhausted)
+        frac = self.cfg.train.participation
+        if frac < 1.0 and ids:
+            k = max(1, round(frac * len(ids)))
+            ids = sorted(self.rng.choice(ids, size=k, replace=False).tolist())
+        return [self.communities[c] for c in ids]
+
+    def sample_rate(self, community: CommunityInfo) -> float:
+        """Poisson sampling rate giving the configured expected batch size."""
+        return min(1.0, self.cfg.privacy.batch_size / community.n_train)
+
+    def steps_per_round(self, community: CommunityInfo) -> int:
+        """Local DP-SGD steps per round: ``local_epochs`` expected passes over the data."""
+        return max(1, math.ceil(self.cfg.train.local_epochs / self.sample_rate(community)))
+
+    def planned_schedule(self, community: CommunityInfo) -> list[tuple[float, int]]:
+        """The whole run's planned (sample rate, steps) blocks; the noise is calibrated to it."""
+        return [
+            (self.sample_rate(community), self.steps_per_round(community) * self.cfg.train.rounds)
+        ]
+
+    def noise_multiplier(self, community: CommunityInfo) -> float:
+        """Smallest sigma whose planned schedule meets the community's (epsilon, delta)."""
+        schedule = tuple(self.planned_schedule(community))
+        delta = self.delta(community)
+        key = (delta, hash(schedule), self.cfg.privacy.target_epsilon)
+        if key not in self._sigma_cache:
+            self._sigma_cache[key] = calibrate_noise_multiplier(
+                self.cfg.privacy.target_epsilon, delta, list(schedule), self.cfg.privacy.accountant
+            )
+        return self._sigma_cache[key]
+
+    def delta(self, community: CommunityInfo) -> float:
+        """The community's delta (configured, or the default below 1/n_train)."""
+        return (
+            self.cfg.privacy.delta
+            if self.cfg.privacy.delta is not None
+            else default_delta(community.n_train)
+        )
+
+    def plan(self, community: CommunityInfo, server_round: int) -> DPPlan | None:
+        """This round's DP plan for ``community`` (None when training is non-private)."""
+        if not self.is_private:
+            return None
+        return DPPlan(
+            sample_rate=self.sample_rate(community),
+            steps=self.steps_per_round(community),
+            noise_multiplier=self.noise_multiplier(community),
+            max_grad_norm=self.cfg.privacy.max_grad_norm,
+        )
+
+    def lr(self, community: CommunityInfo, server_round: int) -> float:
+        """Local learning rate."""
+        return self.cfg.train.lr
+
+    def instruction(
+        self, community: CommunityInfo, server_round: int, **extra: Any
+    ) -> P.TrainInstruction:
+        """The train/evaluate instruction for one community."""
+        cluster_id = self.assignment[community.community_id]
+        return P.TrainInstruction(
+            community_id=community.community_id,
+            cluster_id=cluster_id,
+            lora_rank=self.clusters[cluster_id].rank,
+            lr=self.lr(community, server_round),
+            server_round=server_round,
+            experiment=self.experiment_toml,
+            plan=self.plan(community, server_round),
+            extra=extra,
+        )
+
+    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        """Per-cluster record-weighted average of the members' trained arrays."""
+        for cluster_id, members in self.by_cluster(replies).items():
+            self.clusters[cluster_id].arrays = average_arrays(
+                [r.arrays for r in members], [r.n_train for r in members]
+            )
+
+    def round_record(self) -> dict[str, Any]:
+        """Extra fields for this round's rounds.jsonl line."""
+        return {}
+
+    def summary_extras(self) -> dict[str, Any]:
+        """Extra fields for summary.json (e.g. the final ARI)."""
+        return {}
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    @staticmethod
+    def by_cluster(replies: Iterable[Reply]) -> dict[int, list[Reply]]:
+        """Group replies by the cluster they trained."""
+        out: dict[int, list[Reply]] = {}
+        for r in replies:
+            out.setdefault(r.cluster_id, []).append(r)
+        return out
+
+    def cluster_sizes(self) -> dict[int, int]:
+        """Communities per cluster under the current assignment."""
+        sizes = {k: 0 for k in self.clusters}
+        for k in self.assignment.values():
+            sizes[k] = sizes.get(k, 0) + 1
+        return sizes
+
+    def message(
+        self, community: CommunityInfo, server_round: int, kind: str, **extra: Any
+    ) -> Message:
+        """A train/evaluate message for ``community`` carrying its cluster's arrays."""
+        instr = self.instruction(community, server_round, **extra)
+        content = P.instruction_content(self.clusters[instr.cluster_id].arrays, instr)
+        return Message(content=content, message_type=kind, dst_node_id=community.node_id)
+
+    # -- Flower's Strategy interface --------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One train message per participating community."""
+        return [self.message(c, server_round, "train") for c in self.participants(server_round)]
+
+    def validate_train_replies(self, replies: Iterable[Message]) -> list[Reply]:
+        """Keep well-formed replies; log (not crash on) errors and malformed ones."""
+        good: list[Reply] = []
+        for msg in replies:
+            if msg.has_error():
+                log(
+                    WARNING,
+                    "train reply from node %s failed: %s",
+                    msg.metadata.src_node_id,
+                    msg.error.reason,
+                )
+                continue
+            try:
+                c = msg.content
+                info = c[P.INFO]
+                cid = int(info["community-id"])
+                reply = Reply(
+                    community_id=cid,
+                    cluster_id=self.assignment[cid],
+                    arrays=P.record_to_arrays(c[P.ARRAYS]),
+                    n_train=int(c[P.METRICS]["num-examples"]),
+                    loss=float(c[P.METRICS]["train-loss"]),
+                    status=str(info["status"]),
+                    privacy=P.record_to_privacy(c[P.PRIVACY]),
+                    worker=str(info["worker"]),
+                    seconds=float(c[P.METRICS]["seconds"]),
+                )
+            except (KeyError, ValueError, TypeError) as e:
+                log(
+                    WARNING,
+                    "malformed train reply from node %s dropped: %r",
+                    msg.metadata.src_node_id,
+                    e,
+                )
+                continue
+            expected = self.clusters[reply.cluster_id].arrays
+            if set(reply.arrays) != set(expected) or any(
+                reply.arrays[k].shape != expected[k].shape for k in expected
+            ):
+                log(WARNING, "train reply of community %s has wrong adapter shapes; dropped", cid)
+                continue
+            if not all(np.isfinite(v).all() for v in reply.arrays.values()):
+                log(WARNING, "train reply of community %s has non-finite values; dropped", cid)
+                continue
+            self.privacy[cid] = reply.privacy
+            self.workers[cid] = reply.worker
+            if reply.status == P.STATUS_BUDGET:
+                log(WARNING, "community %s refused training: privacy budget exhausted", cid)
+                self.budget_exhausted.add(cid)
+                continue
+            good.append(reply)
+        return good
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate, aggregate per cluster, and summarise the round's training."""
+        valid = self.validate_train_replies(replies)
+        if valid:
+            self.aggregate(server_round, valid)
+        n = sum(r.n_train for r in valid)
+        self._round_train = {
+            "participants": sorted(r.community_id for r in valid),
+            "train_loss": (sum(r.loss * r.n_train for r in valid) / n) if n else None,
+            "max_epsilon": max((float(r.privacy.get("epsilon", 0.0)) for r in valid), default=None),
+            "workers": {str(r.community_id): r.worker for r in valid},
+        }
+        return None, MetricRecord({"num-replies": len(valid)})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Every community evaluates its cluster's model on its own test split."""
+        return [
+            self.message(c, server_round, "evaluate", split="test")
+            for c in self.communities.values()
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Record-weighted test accuracy and loss over all communities."""
+        for msg in replies:
+            if msg.has_error():
+                log(
+                    WARNING,
+                    "evaluate reply from node %s failed: %s",
+                    msg.metadata.src_node_id,
+                    msg.error.reason,
+                )
+                continue
+            cid = int(msg.content[P.INFO]["community-id"])
+            self.last_eval[cid] = dict(msg.content[P.METRICS])
+        n = sum(m["num-examples"] for m in self.last_eval.values())
+        if not n:
+            return None
+        acc = sum(m["correct"] for m in self.last_eval.values()) / n
+        loss = sum(m["loss"] * m["num-examples"] for m in self.last_eval.values()) / n
+        self._round_eval = {"eval_accuracy": acc, "eval_loss": loss}
+        return MetricRecord({"accuracy": acc, "loss": loss})
+
+    def summary(self) -> None:
+        """Log what this strategy is."""
+        log(
+            INFO,
+            "strategy %s (%s): %d communities",
+            self.name,
+            self.label or self.__class__.__name__,
+            len(self.communities),
+        )
+
+    # -- the round loop ------------------------------------------------------------------------------
+    def run(self, grid: Grid) -> None:
+        """Set up, then train and evaluate ``train.rounds`` rounds, logging one record per round."""
+        self.setup()
+        self.summary()
+        timeout = self.cfg.train.timeout_seconds
+        rounds = self.cfg.train.rounds
+        for server_round in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            replies = grid.send_and_receive(
+                self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            self.aggregate_train(server_round, replies)
+            ev = grid.send_and_receive(
+                self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            self.aggregate_evaluate(server_round, ev)
+            sizes = self.cluster_sizes()
+            record = {
+                "round": server_round,
+                "wall_seconds": round(time.perf_counter() - t0, 4),
+                "participants": self._round_train.get("participants", []),
+                "assignment": {str(c): k for c, k in sorted(self.assignment.items())},
+                "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
+                "cluster_ranks": {str(k): c.rank for k, c in sorted(self.clusters.items())},
+                "train": {
+                    k: v
+                    for k, v in self._round_train.items()
+                    if k not in ("participants", "workers")
+                },
+                "eval": dict(self._round_eval),
+                "workers": self._round_train.get("workers", {}),
+                **self.round_record(),
+            }
+            self.ctx.log_round(record)
+            self.ctx.on_progress(server_round, rounds, self._round_eval.get("eval_accuracy"))
+
+
+def discover_communities(
+    grid: Grid, experiment_toml: str, n_communities: int, timeout: float
+) -> list[CommunityInfo]:
+    """Ask every node which communities it serves; map community ids to node ids.
+
+    Raises
+    ------
+    ConfigError
+        If the nodes do not serve every community exactly once.
+    """
+    # Wait briefly for nodes to register (deployed SuperNodes may still be connecting).
+    deadline = time.time() + min(timeout, 120)
+    node_ids = list(grid.get_node_ids())
+    while not node_ids and time.time() < deadline:
+        time.sleep(0.5)
+        node_ids = list(grid.get_node_ids())
+    content = RecordDict(
+        {P.CONFIG: ConfigRecord({"experiment": experiment_toml, "action": "info"})}
+    )
+    msgs = [Message(content=content, message_type="query", dst_node_id=n) for n in node_ids]
+    found: dict[int, CommunityInfo] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            log(
+                WARNING,
+                "node %s failed the info query: %s",
+                reply.metadata.src_node_id,
+                reply.error.reason,
+            )
+            continue
+        info = reply.content[P.INFO]
+        for cid, ntr, nv, nte in zip(
+            info["community-ids"], info["n-train"], info["n-val"], info["n-test"]
+        ):
+            if int(cid) in found:
+                raise ConfigError(
+                    "community-id", int(cid), "each community served by exactly one SuperNode"
+                )
+            found[int(cid)] = CommunityInfo(
+                int(cid), reply.metadata.src_node_id, int(ntr), int(nv), int(nte)
+            )
+    missing = sorted(set(range(n_communities)) - set(found))
+    if missing:
+        raise ConfigError(
+            "data.n_communities",
+            n_communities,
+            f"communities served by the connected nodes ({len(node_ids)} nodes)",
+            f"no node serves communities {missing[:10]}",
+        )
+    return [found[c] for c in sorted(found)]
