@@ -198,3 +198,34 @@ def test_metrics_config_errors_name_the_key():
         build(MetricsConfig, {"representation_sample": 10, "id_neighbors": 10}, "metrics")
     with pytest.raises(ConfigError, match="metrics.noise_scales"):
         build(MetricsConfig, {"noise_scales": [0.1, 0.1]}, "metrics")
+
+
+class _ImageModel(torch.nn.Module):
+    """Takes (n, 1, 4, 4) images only, as a CNN would."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(16, 2)
+
+    def forward(self, x):
+        assert x.ndim == 4, "the model must get image-shaped inputs"
+        return self.head(x.flatten(1))
+
+
+def test_image_shaped_inputs_reach_the_model_unflattened():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 1, 4, 4)).astype(np.float32)
+    model = _ImageModel()
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.as_tensor(x)).double(), 1).numpy()
+    arrays = RunArrays(
+        groups=np.repeat(["a", "b"], 60),
+        labels=rng.integers(0, 2, 120),
+        probs=probs,
+        embeddings=x.reshape(120, -1)[:, :8],
+        inputs=x,
+        model=model,
+    )
+    rep = group_report(arrays)
+    assert np.isfinite(rep["groups"]["a"]["acc_adversarial"])
+    assert rep["groups"]["a"]["flattening"] > 0.2  # 8 of 16 pixels kept

@@ -155,8 +155,15 @@ class RunArrays:
         if self.embeddings is not None:
             self.embeddings = as_2d(self.embeddings, "RunArrays.embeddings")
         if self.inputs is not None:
-            arr = np.asarray(self.inputs, dtype=float)
-            self.inputs = arr.reshape(len(arr), -1) if arr.ndim != 2 else arr
+            # Kept in its own shape (e.g. (n, C, H, W) images) for the model; the representation
+            # metrics flatten it to vectors.
+            self.inputs = np.asarray(self.inputs)
+            if self.inputs.ndim < 2:
+                raise DataError(
+                    "RunArrays.inputs",
+                    f"an array of shape {self.inputs.shape}",
+                    "one row per record",
+                )
         if self.seed_predictions is not None:
             self.seed_predictions = np.asarray(self.seed_predictions)
         same_length(
@@ -256,7 +263,7 @@ def _representation(
         "intrinsic_dim": intrinsic_dimension(emb, cfg.id_estimator, cfg.id_neighbors),
     }
     if arrays.inputs is not None:
-        x = arrays.inputs[idx]
+        x = arrays.inputs[idx].reshape(idx.size, -1).astype(float)
         out["intrinsic_dim_input"] = intrinsic_dimension(x, cfg.id_estimator, cfg.id_neighbors)
         out["effective_rank_input"] = effective_rank(x)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -4,7 +4,7 @@
   2007): a smooth count of the linear directions a point cloud spans.
 * :func:`participation_ratio` - ``(sum lambda)^2 / sum lambda^2`` over covariance eigenvalues
   (Gao et al. 2017): the same idea, weighted towards the large directions.
-* :func:`mle_intrinsic_dimension` - Levina & Bickel (2005) maximum-likelihood estimate from the
+* :func:`mle_intrinsic_dimension` - Levina & Bickel (NIPS 2004) maximum-likelihood estimate from the
   k nearest neighbours, averaged as MacKay & Ghahramani (2005) suggest (mean of inverses).
 * :func:`twonn_intrinsic_dimension` - TwoNN (Facco et al. 2017): ratio of the two nearest
   neighbour distances, maximum-likelihood form.
