@@ -61,6 +61,9 @@ def read_table(path: str, usecols: list[str] | None = None):  # -> pandas.DataFr
             path,
             f"a readable, comma-separated text file ({type(e).__name__}: {e})",
         ) from e
+    with open(path, "rb") as fh:
+        if b"\x00" in fh.read(8192):
+            raise DataError("data.csv.path", path, "a text CSV file (it contains binary data)")
     if usecols is not None:
         _require_columns(list(header.columns), usecols)
     try:
@@ -135,6 +138,9 @@ def build_csv(cfg: DataConfig, seed: int) -> Federation:
     expected_k = csv_n_communities(cc)
     df = read_table(cc.path, usecols=_used_columns(cc))
     n_rows = len(df)
+    all_communities = (
+        set(df[cc.community].dropna().astype(str)) if cc.community is not None else set()
+    )
     df = df.dropna()
     if len(df) < n_rows:
         warnings.warn(
@@ -219,11 +225,12 @@ def build_csv(cfg: DataConfig, seed: int) -> Federation:
         comm_values = df[cc.community].astype(str).to_numpy()
         names = np.unique(comm_values)
         kept_names = np.unique(comm_values[keep])
-        if len(names) != expected_k or len(kept_names) != len(names):
-            lost = sorted(set(names.tolist()) - set(kept_names.tolist()))
+        if len(kept_names) != len(all_communities) or len(all_communities) != expected_k:
+            lost = sorted(all_communities - set(kept_names.tolist()))
             raise DataError(
                 f"csv column '{cc.community}'",
-                f"{len(kept_names)} communities with usable rows (empty: {lost or 'rows with missing values'})",
+                f"{len(kept_names)} communities with usable rows (empty after dropping rows with "
+                f"missing values or public records: {lost})",
                 f"{expected_k} non-empty communities; fill in the missing values, drop those "
                 "communities from the file, or shrink data.public_pool.records",
             )
