@@ -1,26 +1,36 @@
-"""Local training of one community: DP-SGD with Opacus, or plain mini-batch SGD.
+"""Local training of one community: DP-SGD (Opacus, or an equivalent fast path) or plain SGD.
 
-DP-SGD here is the textbook algorithm (Abadi et al. 2016) with the pieces Opacus provides:
+DP-SGD here is the textbook algorithm (Abadi et al. 2016):
 
 * Poisson sampling: each record joins each step's batch independently with probability ``q``
   (:func:`poisson_batches`; empty batches still take a noise-only step, as the accountant
   assumes);
-* per-sample gradients: Opacus' ``GradSampleHooks`` attached to the model's trainable layers
-  (the frozen backbone gets no hooks and costs only its usual backward pass);
-* clipping each per-sample gradient to ``max_grad_norm``, summing, adding
-  ``N(0, (sigma C)^2)`` noise and dividing by the *expected* batch size ``q n``: Opacus'
-  ``DPOptimizer`` over ``torch.optim.SGD``.
+* each example's gradient clipped to ``max_grad_norm`` (factor ``min(1, C / (norm + 1e-6))``),
+  summed, ``N(0, (sigma C)^2)`` noise added, divided by the *expected* batch size ``q n``, and an
+  SGD step taken.
 
-The hooks are attached for the call and removed afterwards (with every attribute Opacus adds),
-so the caller's model stays a plain ``nn.Module``. Attaching costs ~0.1 ms per trainable layer,
-far below one training step, so nothing is cached across rounds (a cached wrapper would keep
-hooks on a model the caller also evaluates and aggregates).
+Two engines compute it, with identical results for the same seed (tested):
+
+``"opacus"``
+    Opacus' ``GradSampleHooks`` (per-sample gradients of any layer Opacus supports: Linear,
+    Conv, norms, embeddings...) and ``DPOptimizer`` over ``torch.optim.SGD``.
+``"ghost"``
+    :class:`fedcascade.privacy.ghost.LinearDPStep`: for models whose trainable layers are all
+    ``nn.Linear`` (LoRA A/B and a head), per-example norms from ``||g_i|| ||a_i||`` and the
+    clipped sum as one matrix product, in a single backward pass. ``"auto"`` (default) uses it
+    when it applies; it removes most of the DP overhead (see ``benchmarks/bench_privacy.py``).
+
+Hooks are attached for the call only and removed afterwards with every attribute Opacus adds,
+so the caller's model stays a plain ``nn.Module``. Attaching costs ~0.3 ms, far below one
+round, so nothing is cached across rounds (a cached wrapper would keep hooks on a model the
+caller also evaluates and aggregates).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,7 +153,10 @@ def _per_sample_gradients(model: nn.Module) -> Iterator[None]:
             )
     hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean", strict=False)
     try:
-        yield
+        with warnings.catch_warnings():
+            # The first trainable layer sees inputs without grad; its output grad is all Opacus needs.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            yield
     finally:
         hooks.cleanup()  # removes hooks and grad_sample/_forward_counter/... attributes
         for p in model.parameters():
