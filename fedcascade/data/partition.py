@@ -149,17 +149,23 @@ def assign_records(
     k, n_classes = weights.shape
     labels = np.asarray(labels)
     n = len(labels)
+    if n == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in range(k)]
     # Records grouped by class, shuffled within each class.
-    order = np.lexsort((rng.random(n), labels))
+    perm = rng.permutation(n)
+    order = perm[np.argsort(labels[perm], kind="stable")]
     if np.allclose(weights, weights[:, :1]):
         # Same share for every class (natural, size_skew): exact community totals, and each
         # community gets every class in proportion (+-1). Deal the class-sorted records to a
         # sequence in which community i appears T_i times, evenly spread.
         totals = largest_remainder(n, weights[:, 0])
-        keys = np.concatenate([(np.arange(t) + 0.5) / t for t in totals if t > 0])
-        owners = np.concatenate([np.full(t, i) for i, t in enumerate(totals) if t > 0])
-        # A random tie-break so no community is always first in line.
-        seq = owners[np.lexsort((rng.random(len(keys)), keys))] if n else owners
+        # Communities listed in random order before a stable sort: a random tie-break, so no
+        # community is always first in line for the rarest class.
+        comm = rng.permutation(k)
+        comm = comm[totals[comm] > 0]
+        keys = np.concatenate([(np.arange(totals[i]) + 0.5) / totals[i] for i in comm])
+        owners = np.repeat(comm, totals[comm])
+        seq = owners[np.argsort(keys, kind="stable")]
         owner = np.empty(n, dtype=np.int64)
         owner[order] = seq
     else:
@@ -170,7 +176,9 @@ def assign_records(
         for c in range(n_classes):
             owner[order[start : start + class_counts[c]]] = np.repeat(np.arange(k), counts[:, c])
             start += class_counts[c]
-    return [np.flatnonzero(owner == i).astype(np.int64) for i in range(k)]
+    # Group positions by owner in one stable sort (positions stay sorted within a community).
+    by_owner = np.argsort(owner, kind="stable")
+    return np.split(by_owner.astype(np.int64), np.cumsum(np.bincount(owner, minlength=k))[:-1])
 
 
 def stratified_split(

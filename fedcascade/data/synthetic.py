@@ -35,6 +35,21 @@ _LABEL_FEATURES = 6
 _QUANTILE_SAMPLE = 4096
 
 
+def _thin_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a small inner dimension, without BLAS.
+
+    The inner dimensions here are manifold dimensions (2-8). Multi-threaded BLAS is slower
+    than a few broadcast multiply-adds for such shapes, and much slower when the machine's
+    cores are busy with other workers (measured: 2.9 s vs 1.4 s for 530k records).
+    """
+    if a.shape[1] > 8:
+        return a @ b
+    out = a[:, 0, None] * b[0] if b.ndim == 2 else a[:, 0] * b[0]
+    for j in range(1, a.shape[1]):
+        out += a[:, j, None] * b[j] if b.ndim == 2 else a[:, j] * b[j]
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class SubManifold:
     """The generative parameters of one sub-distribution (see the module docstring)."""
@@ -62,12 +77,14 @@ class SubManifold:
 
     def score(self, z: np.ndarray) -> np.ndarray:
         """The sub-distribution's own label score of manifold coordinates ``z``."""
-        return np.sin(z @ self.label_w.T + self.label_b) @ self.label_a
+        return _thin_matmul(np.sin(_thin_matmul(z, self.label_w.T) + self.label_b), self.label_a)
 
     def embed(self, z: np.ndarray) -> np.ndarray:
         """Map manifold coordinates into the input space (noise-free)."""
-        local = z @ self.lin.T + self.curvature * np.sin(z @ self.bend.T + self.bend_phase)
-        return self.centre + local @ self.basis.T
+        local = _thin_matmul(z, self.lin.T) + self.curvature * np.sin(
+            _thin_matmul(z, self.bend.T) + self.bend_phase
+        )
+        return self.centre + _thin_matmul(local, self.basis.T)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,12 +111,14 @@ class SyntheticWorld:
         """
         s = self.subs[k]
         z = s.latent(n, rng)
-        x = s.embed(z) + s.noise * rng.standard_normal((n, self.dim))
+        # float32 noise: drawing it is the main cost of a large federation (about 2x faster).
+        x = s.embed(z).astype(np.float32)
+        x += np.float32(s.noise) * rng.standard_normal((n, self.dim), dtype=np.float32)
         y = np.searchsorted(s.thresholds, s.score(z)).astype(np.int64)
         if s.label_noise > 0:
             flip = rng.random(n) < s.label_noise
             y[flip] = rng.integers(0, self.n_classes, size=int(flip.sum()))
-        return x.astype(np.float32), y, z
+        return x, y, z
 
 
 def make_world(cfg: SyntheticConfig, seed: int) -> SyntheticWorld:
