@@ -12,6 +12,7 @@ from fedcascade import protocol as P
 from fedcascade.community_runtime import (
     evaluate_community,
     experiment_from_toml,
+    select_cluster,
     served_communities,
     train_community,
     worker_id,
@@ -28,7 +29,9 @@ def _state_dir(context: Context) -> str | None:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Report which communities this node serves and their public record counts."""
+    """``info``: which communities this node serves; ``select``: a private cluster choice."""
+    if str(msg.content[P.CONFIG].get("action", "info")) == "select":
+        return _select(msg, context)
     cfg = experiment_from_toml(str(msg.content[P.CONFIG]["experiment"]))
     ids = served_communities(context.node_config, cfg.data.n_communities)
     communities = [load_community(cfg.data, cfg.seed, c) for c in ids]
@@ -42,6 +45,27 @@ def query(msg: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({P.INFO: info}), reply_to=msg)
+
+
+def _select(msg: Message, context: Context) -> Message:
+    conf = msg.content[P.CONFIG]
+    cfg = experiment_from_toml(str(conf["experiment"]))
+    ranks = [int(r) for r in conf["ranks"]]
+    candidates = [(r, P.record_to_arrays(msg.content[f"cluster-{k}"])) for k, r in enumerate(ranks)]
+    out = select_cluster(
+        cfg,
+        int(conf["community-id"]),
+        candidates,
+        str(conf["metric"]),
+        float(conf["epsilon"]),
+        int(conf["seed"]),
+        _state_dir(context),
+    )
+    info = {"community-id": int(conf["community-id"]), "status": out.status, "worker": worker_id()}
+    if out.choice is not None:
+        info["choice"] = out.choice
+    content = RecordDict({P.INFO: ConfigRecord(info), P.PRIVACY: P.privacy_to_record(out.privacy)})
+    return Message(content, reply_to=msg)
 
 
 @app.train()

@@ -7,6 +7,7 @@ layer), the frozen backbone, and one adapter model per LoRA rank.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import warnings
@@ -147,6 +148,10 @@ def open_ledger(
     )
 
 
+#: what a non-private community reports instead of a ledger summary
+_NON_PRIVATE: dict[str, Any] = {"epsilon": float("inf"), "accountant": "", "private": False}
+
+
 @dataclass
 class TrainOutcome:
     """What a community sends back after a train instruction."""
@@ -234,3 +239,62 @@ def evaluate_community(
         out[f"group-correct/{g}"] = int(correct[mask].sum())
         out[f"group-total/{g}"] = int(mask.sum())
     return out
+
+
+@dataclass
+class SelectOutcome:
+    """A community's privatized choice among cluster models."""
+
+    choice: int | None  # None when the budget refused the selection
+    status: str
+    privacy: dict[str, Any]
+
+
+def selection_sensitivity(metric: str, n_train: int, loss_clip: float) -> float:
+    """Sensitivity of the mean score over ``n_train`` records when one record is replaced.
+
+    Accuracy lies in [0, 1]; the loss is clipped per record to [0, loss_clip]. Record counts are
+    public, so the mean of n bounded values moves by at most (range / n).
+    """
+    return (1.0 if metric == "accuracy" else loss_clip) / n_train
+
+
+def select_cluster(
+    cfg: ExperimentConfig,
+    community_id: int,
+    candidates: list[tuple[int, Mapping[str, np.ndarray]]],
+    metric: str,
+    epsilon: float,
+    seed: int,
+    state_dir: str | None = None,
+    loss_clip: float = 5.0,
+) -> SelectOutcome:
+    """Pick the best cluster model on the community's own training data, privately.
+
+    Report-noisy-max (Gumbel noise of scale 2 * sensitivity / epsilon, i.e. the exponential
+    mechanism) over accuracies, or over negated clipped losses for ``metric = "loss"``. The
+    ledger is charged ``epsilon`` (pure DP) *before* any score is computed; the scores never
+    leave this function, only the chosen index does.
+    """
+    from fedcascade.clustering import report_noisy_max
+
+    community = load_community(cfg.data, cfg.seed, community_id)
+    private = math.isfinite(epsilon)  # epsilon = inf: a non-private run picks the exact best
+    ledger = open_ledger(cfg, community_id, community.n_train, state_dir) if private else None
+    if ledger is not None:
+        try:
+            ledger.record_pure(epsilon, f"cluster selection ({metric}) seed {seed}")
+        except PrivacyBudgetExceeded:
+            return SelectOutcome(None, STATUS_BUDGET, ledger.summary())
+    scores = []
+    for rank, arrays in candidates:
+        res = evaluate(model_at_rank(cfg, rank, arrays), community.x_train, community.y_train)
+        if metric == "accuracy":
+            scores.append(float(res.accuracy))
+        else:
+            scores.append(-float(np.minimum(res.per_record_loss, loss_clip).mean()))
+    if not private:
+        return SelectOutcome(int(np.argmax(scores)), STATUS_OK, _NON_PRIVATE)
+    sens = selection_sensitivity(metric, community.n_train, loss_clip)
+    choice = int(report_noisy_max(np.asarray(scores), epsilon, sens, np.random.default_rng(seed)))
+    return SelectOutcome(choice, STATUS_OK, ledger.summary())

@@ -17,6 +17,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -56,6 +57,22 @@ def ground_truth(cfg: ExperimentConfig) -> dict[int, dict[str, Any]]:
         }
         for c in fed.communities
     }
+
+
+def with_ari(record: dict[str, Any], truth: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Add the adjusted Rand index of the round's assignment against the hidden truth.
+
+    Computed here, outside the strategy, so the ground truth never reaches it.
+    """
+    if not truth:
+        return record
+    from sklearn.metrics import adjusted_rand_score
+
+    ids = [c for c in sorted(truth) if str(c) in record["assignment"]]
+    ari = adjusted_rand_score(
+        [truth[c]["sub_distribution"] for c in ids], [record["assignment"][str(c)] for c in ids]
+    )
+    return {**record, "ari": float(ari)}
 
 
 def community_rows(strategy: Any, truth: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,8 +154,30 @@ def summarise(
         if truth
         else None,
         "budget_exhausted": sorted(strategy.budget_exhausted),
+        "ari": with_ari(
+            {"assignment": {str(c): k for c, k in strategy.assignment.items()}}, truth
+        ).get("ari"),
         **strategy.summary_extras(),
     }
+
+
+def save_models(run_dir: Path, strategy: Any) -> None:
+    """``DIR/models/cluster-K.npz``: each cluster's final adapter arrays (rank inside), so
+    reports can rebuild every community's model (backbone from the config, cached on disk)."""
+    models = run_dir / "models"
+    models.mkdir(exist_ok=True)
+    for k, cluster in strategy.clusters.items():
+        np.savez(models / f"cluster-{k}.npz", __rank__=np.array(cluster.rank), **cluster.arrays)
+
+
+def load_models(run_dir: Path) -> dict[int, tuple[int, dict[str, np.ndarray]]]:
+    """Inverse of :func:`save_models`: {cluster id: (rank, arrays)}."""
+    out = {}
+    for path in sorted((run_dir / "models").glob("cluster-*.npz")):
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files if k != "__rank__"}
+            out[int(path.stem.split("-")[1])] = (int(z["__rank__"]), arrays)
+    return out
 
 
 def run_on_grid(
@@ -170,7 +209,7 @@ def run_on_grid(
         options=options,
         communities=communities,
         initial_arrays=lambda rank, seed: runtime.initial_arrays(cfg, rank, seed),
-        log_round=writer.append_round,
+        log_round=lambda record: writer.append_round(with_ari(record, truth)),
         on_progress=progress or (lambda r, n, acc: None),
         truth_for_evaluation=(
             {c: t["sub_distribution"] for c, t in truth.items()} if cls.uses_ground_truth else {}
@@ -178,6 +217,7 @@ def run_on_grid(
     )
     strategy = cls(ctx)
     strategy.run(grid)
+    save_models(run_dir, strategy)
     rows = community_rows(strategy, truth)
     writer.write_communities(rows)
     writer.write_summary(summarise(strategy, rows, truth, time.perf_counter() - t0))

@@ -128,6 +128,8 @@ class FedcascadeStrategy(Strategy):
     Options: ClassVar[type] = NoOptions
     #: True only for evaluation ceilings that may see the hidden sub-distributions
     uses_ground_truth: ClassVar[bool] = False
+    #: True when communities privately choose among cluster models (costs a pure-DP share)
+    uses_selection: ClassVar[bool] = False
 
     # -- configuration -------------------------------------------------------------------------
     @classmethod
@@ -155,6 +157,7 @@ class FedcascadeStrategy(Strategy):
         self.privacy: dict[int, dict[str, Any]] = {}
         self.workers: dict[int, str] = {}
         self.budget_exhausted: set[int] = set()
+        self._participants: dict[int, list[int]] = {}
 
     @property
     def is_private(self) -> bool:
@@ -169,13 +172,22 @@ class FedcascadeStrategy(Strategy):
         self.assignment = {cid: 0 for cid in self.communities}
 
     def participants(self, server_round: int) -> list[CommunityInfo]:
-        """Communities sampled this round (all, or ``train.participation`` of them)."""
-        ids = sorted(c for c in self.communities if c not in self.budget_exhausted)
-        frac = self.cfg.train.participation
-        if frac < 1.0 and ids:
-            k = max(1, round(frac * len(ids)))
-            ids = sorted(self.rng.choice(ids, size=k, replace=False).tolist())
-        return [self.communities[c] for c in ids]
+        """Communities sampled this round (all, or ``train.participation`` of them).
+
+        Drawn once per round, so selection and training see the same sample.
+        """
+        if server_round not in self._participants:
+            ids = sorted(c for c in self.communities if c not in self.budget_exhausted)
+            frac = self.cfg.train.participation
+            if frac < 1.0 and ids:
+                k = max(1, round(frac * len(ids)))
+                ids = sorted(self.rng.choice(ids, size=k, replace=False).tolist())
+            self._participants[server_round] = ids
+        return [
+            self.communities[c]
+            for c in self._participants[server_round]
+            if c not in self.budget_exhausted
+        ]
 
     def sample_rate(self, community: CommunityInfo) -> float:
         """Poisson sampling rate giving the configured expected batch size."""
@@ -191,14 +203,29 @@ class FedcascadeStrategy(Strategy):
             (self.sample_rate(community), self.steps_per_round(community) * self.cfg.train.rounds)
         ]
 
+    @property
+    def selection_epsilon(self) -> float:
+        """The share of every community's epsilon reserved for private cluster selection."""
+        if not (self.uses_selection and self.is_private):
+            return 0.0
+        return self.cfg.privacy.target_epsilon * self.cfg.privacy.selection_epsilon_fraction
+
+    @property
+    def training_epsilon(self) -> float:
+        """The epsilon DP-SGD is calibrated to: the target minus the selection share.
+
+        The ledger composes both (basic composition), so the total stays within the target.
+        """
+        return self.cfg.privacy.target_epsilon - self.selection_epsilon
+
     def noise_multiplier(self, community: CommunityInfo) -> float:
-        """Smallest sigma whose planned schedule meets the community's (epsilon, delta)."""
+        """Smallest sigma whose planned schedule meets the community's training epsilon."""
         schedule = tuple(self.planned_schedule(community))
         delta = self.delta(community)
-        key = (delta, hash(schedule), self.cfg.privacy.target_epsilon)
+        key = (delta, hash(schedule), self.training_epsilon)
         if key not in self._sigma_cache:
             self._sigma_cache[key] = calibrate_noise_multiplier(
-                self.cfg.privacy.target_epsilon, delta, list(schedule), self.cfg.privacy.accountant
+                self.training_epsilon, delta, list(schedule), self.cfg.privacy.accountant
             )
         return self._sigma_cache[key]
 
@@ -247,6 +274,9 @@ class FedcascadeStrategy(Strategy):
             self.clusters[cluster_id].arrays = average_arrays(
                 [r.arrays for r in members], [r.n_train for r in members]
             )
+
+    def before_round(self, grid: Grid, server_round: int) -> None:
+        """Work before a round's training (e.g. private cluster selection). Default: none."""
 
     def round_record(self) -> dict[str, Any]:
         """Extra fields for this round's rounds.jsonl line."""
@@ -407,6 +437,7 @@ class FedcascadeStrategy(Strategy):
         rounds = self.cfg.train.rounds
         for server_round in range(1, rounds + 1):
             t0 = time.perf_counter()
+            self.before_round(grid, server_round)
             replies = grid.send_and_receive(
                 self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid),
                 timeout=timeout,

@@ -12,6 +12,10 @@ from fedcascade.errors import ConfigError
 BUILTIN: dict[str, str] = {
     "fedavg": "strategies.fedavg:FedAvg",
     "dp-fedavg": "strategies.dp_fedavg:DPFedAvg",
+    "ifca": "strategies.ifca:IFCA",
+    "oracle-clustered": "strategies.oracle_clustered:OracleClustered",
+    "r-dpcfl": "strategies.r_dpcfl:RDPCFL",
+    "cascade": "strategies.cascade:Cascade",
 }
 
 
