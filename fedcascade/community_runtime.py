@@ -44,7 +44,7 @@ def experiment_from_toml(text: str) -> ExperimentConfig:
     """Parse (and validate) the experiment TOML a server sent; cached by content."""
     import tomllib
 
-    return config_from_dict(tomllib.loads(text))
+    return config_from_dict(tomllib.loads(text), resolve_strategy=False)
 
 
 def served_communities(node_config: Mapping[str, Any], n_communities: int) -> list[int]:

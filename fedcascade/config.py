@@ -176,17 +176,21 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[tuple[str, Any]]
     return out
 
 
-def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
+def config_from_dict(raw: Mapping[str, Any], resolve_strategy: bool = True) -> ExperimentConfig:
     """Validate a raw config mapping (a parsed TOML file) into an :class:`ExperimentConfig`.
 
     The strategy name and its options are resolved and validated here too, so a typo in a
-    strategy option fails at load time, not after an hour of training.
+    strategy option fails at load time, not after an hour of training. Clients pass
+    ``resolve_strategy=False``: they never run the strategy, and a user's strategy module need
+    only be importable where the server runs.
     """
     cfg = build(ExperimentConfig, raw, "")
+    if not resolve_strategy:
+        return cfg
     # Imported here: strategies import fedcascade, not the other way round at module load.
-    from strategies.registry import resolve_strategy
+    from strategies.registry import resolve_strategy as resolve
 
-    cls = resolve_strategy(cfg.strategy.name, key="strategy.name")
+    cls = resolve(cfg.strategy.name, key="strategy.name")
     cls.build_options(cfg.strategy.options, key="strategy.options")
     cls.check_config(cfg)
     return cfg
