@@ -247,3 +247,31 @@ def test_unsupported_models_fail_clearly():
         train_dp(Functional(), x, y, DPPlan(0.2, 1, 1.0, 1.0), 0.1, 0)
     with pytest.raises(ValueError, match="no trainable"):
         train_dp(nn.Linear(12, 3).requires_grad_(False), x, y, None, 0.1, 0)
+
+
+# --------------------------------------------------------------------------- with fedcascade.models
+
+
+@pytest.mark.parametrize("input_shape", [(12,), (1, 8, 8)], ids=["mlp", "cnn"])
+def test_peft_adapter_models_from_fedcascade_models(input_shape):
+    pytest.importorskip("peft")
+    from fedcascade.configtools import build
+    from fedcascade.models import ModelConfig, adapter_model, build_backbone, trainable_arrays
+
+    cfg = build(ModelConfig, {"hidden": [16], "embedding_dim": 8, "cnn_channels": [4]}, "model")
+    backbone = build_backbone(cfg, input_shape, 3, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, *input_shape, generator=g), torch.randint(0, 3, (40,), generator=g)
+    plan = DPPlan(0.25, 4, 1.0, 1.0)
+    models = {}
+    for engine in ("auto", "opacus"):
+        model = adapter_model(backbone, cfg, rank=2, seed=0)
+        frozen = {k: v.clone() for k, v in model.state_dict().items() if "lora" not in k and "head" not in k}
+        before = trainable_arrays(model)
+        train_dp(model, x, y, plan, lr=0.5, seed=0, engine=engine)
+        after = trainable_arrays(model)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+        assert any(not (before[k] == after[k]).all() for k in before)  # LoRA B / head moved
+        models[engine] = model
+    # the MLP takes the ghost path under "auto", the CNN (Conv2d LoRA) the Opacus one: same answer
+    assert _max_diff(models["auto"], models["opacus"]) < 1e-5

@@ -10,10 +10,11 @@ guarantees that the ledger's epsilon for a completed plan equals the calibration
 Accountants
 -----------
 ``"prv"`` (default)
-    Privacy-loss random variables (Gopi, Lee & Wutschitz 2021) via Opacus' implementation,
-    returning the *upper* bound (estimate + ``PRV_EPS_ERROR``). Its discretisation domain is
-    sized with an RDP bound over integer orders (:mod:`fedcascade.privacy.rdp`), which is a
-    little wider than Opacus' and therefore at least as safe, and much cheaper.
+    Privacy-loss random variables (Gopi, Lee & Wutschitz 2021), returning the *upper* bound
+    (estimate + ``PRV_EPS_ERROR``) like Opacus' ``PRVAccountant``, built from Opacus' PRV
+    pieces but with discretisations reused across rounds (:mod:`fedcascade.privacy.prv`).
+    Falls back to RDP (valid, looser) if the discretisation fails numerically or would need
+    more than ``MAX_GRID`` points (epsilon in the hundreds).
 ``"rdp"``
     Renyi DP over Opacus' orders with the Balle et al. 2020 conversion. Looser by ~8-15 %.
 """
@@ -25,17 +26,9 @@ import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-import numpy as np
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    discretize,
-)
-from scipy.fft import next_fast_len
-
 from fedcascade.errors import ConfigError
+from fedcascade.privacy.prv import EPS_ERROR as PRV_EPS_ERROR
+from fedcascade.privacy.prv import prv_epsilon
 from fedcascade.privacy.rdp import rdp_epsilon
 
 __all__ = [
@@ -48,13 +41,8 @@ __all__ = [
 ]
 
 ACCOUNTANTS = ("prv", "rdp")
-#: Absolute error of the PRV accountant's epsilon; the reported value is estimate + this.
-PRV_EPS_ERROR = 0.01
 #: Calibration gives up (target unreachable) above this noise multiplier.
 MAX_NOISE_MULTIPLIER = 1e4
-# A PRV grid above this many points (only for epsilon in the hundreds) costs seconds and
-# gigabytes; RDP is a valid upper bound there, and such a history is far past any budget anyway.
-_MAX_PRV_GRID = 4_000_000
 
 Block = tuple[float, float, int]
 
@@ -139,68 +127,21 @@ def _epsilon(blocks: tuple[Block, ...], delta: float, accountant: str) -> float:
         return math.inf
     if accountant == "rdp":
         return rdp_epsilon(blocks, delta)
-    return _prv_epsilon(blocks, delta)
+    return _prv(blocks, delta)
 
 
-def _prv_epsilon(
-    blocks: tuple[Block, ...], delta: float, eps_error: float = PRV_EPS_ERROR
-) -> float:
-    """Opacus' PRV accountant on ``blocks``, with a cheaper (wider, so still safe) domain bound."""
-    delta_error = delta / 1000
-    total = sum(n for _, _, n in blocks)
-    # Truncation bound of Gopi et al. (remark 5.6), as Opacus computes it but from the integer
-    # RDP orders: any RDP bound is an upper bound on the privacy loss tail, a larger L only widens
-    # the grid.
-    bound = rdp_epsilon(blocks, delta_error / 4, integer_orders=True)
-    for q, sigma, _ in blocks:
-        one = rdp_epsilon(((q, sigma, 1),), delta_error / (8 * total), integer_orders=True)
-        bound = max(bound, one)
-    half_width = max(bound, eps_error) + 3
-    mesh = eps_error / math.sqrt(total * math.log(12 / delta_error) / 2)
-    if 2 * half_width / mesh > _MAX_PRV_GRID:
-        return rdp_epsilon(blocks, delta)
+def _prv(blocks: tuple[Block, ...], delta: float) -> float:
     try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            # q = 1 makes log(1 - q) = -inf inside the PRV density: harmless, masked by np.where
-            warnings.simplefilter("ignore")
-            domain = _fft_friendly_domain(half_width, mesh)
-            dprvs = [
-                discretize(
-                    TruncatedPrivacyRandomVariable(
-                        PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max
-                    ),
-                    domain,
-                )
-                for q, sigma, _ in blocks
-            ]
-            composed = compose_heterogeneous(
-                dprvs=dprvs, num_self_compositions=[n for *_, n in blocks]
-            )
-            _, _, eps_upper = composed.compute_epsilon(delta, delta_error, eps_error)
+        eps = prv_epsilon(blocks, delta, PRV_EPS_ERROR)
     except (ValueError, RuntimeError) as err:  # numerical failure of the discretisation
         warnings.warn(
             f"PRV accountant failed ({err}); using the RDP bound, which is valid but looser",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return rdp_epsilon(blocks, delta)
-    return max(float(eps_upper), 0.0)
-
-
-def _fft_friendly_domain(half_width: float, mesh: float) -> Domain:
-    """Opacus' aligned grid ``[-n mesh, (n + 1) mesh]``, with ``n`` raised to an FFT-fast size.
-
-    ``Domain.create_aligned`` gives an arbitrary even length ``2 n + 2``, often twice a large
-    prime, on which the FFTs of the composition are several times slower. Here ``n`` is raised
-    until ``2 n + 2`` is 5-smooth: the grid stays (almost) symmetric about 0 as the FFT
-    composition requires, and a wider truncation interval is at least as accurate.
-    """
-    n = math.ceil(half_width / mesh)
-    size = next_fast_len(2 * n + 2, real=True)
-    while size % 2:
-        size = next_fast_len(size + 1, real=True)
-    n = (size - 2) // 2
-    return Domain(t_min=-n * mesh, t_max=(n + 1) * mesh, size=size)
+    # None: grid too large, which only happens for epsilon far beyond any budget
+    return rdp_epsilon(blocks, delta) if eps is None else eps
 
 
 def _schedule_key(schedule: Sequence[Sequence[float]]) -> tuple[tuple[float, int], ...]:
