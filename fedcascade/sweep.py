@@ -10,10 +10,12 @@ per point) and ``sweep.md`` (mean and standard deviation over seeds) are written
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
 import re
+import shutil
 import statistics
 import time
 import tomllib
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcascade.config import ExperimentConfig, apply_overrides, config_from_dict, parse_override
+from fedcascade.configtools import to_dict
 from fedcascade.errors import ConfigError
 
 #: summary.json fields copied into sweep.csv (plus any numeric extra a strategy reports)
@@ -117,6 +120,19 @@ def _numeric_extras(summary: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def effective_digest(cfg: ExperimentConfig) -> str:
+    """A digest of what determines a run's results: the config without its output section,
+    and without the privacy section when the strategy trains non-privately (it ignores it)."""
+    from strategies.registry import resolve_strategy
+
+    d = to_dict(cfg)
+    d.pop("output", None)
+    d.pop("sweep", None)
+    if not resolve_strategy(cfg.strategy.name).private:
+        d.pop("privacy", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_sweep(
     points: Sequence[SweepPoint],
     out_dir: Path,
@@ -130,10 +146,19 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     t0 = time.perf_counter()
+    done: dict[str, Path] = {}
     for i, point in enumerate(points, 1):
         run_dir = out_dir / point.name
+        key = effective_digest(point.cfg)
         if (run_dir / "summary.json").exists():
             log(f"[{i}/{len(points)}] {point.name}: already finished, kept")
+            done.setdefault(key, run_dir)
+            continue
+        if key in done:
+            # e.g. non-private fedavg at several epsilons: the same run, so copy it
+            shutil.copytree(done[key], run_dir, dirs_exist_ok=True)
+            (run_dir / "same_as.txt").write_text(f"{done[key].name}\n")
+            log(f"[{i}/{len(points)}] {point.name}: identical to {done[key].name}, copied")
             continue
         log(f"[{i}/{len(points)}] {point.name} (elapsed {time.perf_counter() - t0:.0f}s)")
         try:
@@ -141,6 +166,7 @@ def run_sweep(
 
             cfg = replace(point.cfg, output=replace(point.cfg.output, overwrite=True))
             run_one(cfg, run_dir)
+            done[key] = run_dir
         except Exception as e:  # noqa: BLE001 - record and go on; finished points must survive
             failed.append(point.name)
             (out_dir / "failed.txt").open("a").write(f"{point.name}: {e!r}\n")
