@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 
@@ -71,6 +71,10 @@ class StrategyConfig:
 class SimulationConfig:
     """``[simulation]``: Flower's simulation engine with Ray."""
 
+    engine: Literal["ray", "inline"] = param(
+        "ray",
+        doc="'ray': Flower's simulation engine; 'inline': same apps in this process, clients in turn",
+    )
     num_cpus_per_client: float = param(
         1.0, gt=0, doc="CPUs Ray reserves per client; concurrency = floor(CPUs / this)"
     )

@@ -73,6 +73,11 @@ def run_experiment(
 
     run_dir = (run_dir or cfg.run_dir).resolve()
     prepare_run_dir(run_dir, cfg.output.overwrite)  # fail fast, before Ray starts
+    if cfg.simulation.engine == "inline":
+        from fedcascade.inline_grid import InlineGrid
+        from fedcascade.server_app import run_on_grid
+
+        return run_on_grid(InlineGrid(cfg.data.n_communities), cfg, progress, run_dir)
     errors: list[BaseException] = []
     server_app = make_server_app(cfg, progress, run_dir, errors)
     flwr_logger = logging.getLogger("flwr")

@@ -160,3 +160,11 @@ def test_flwr_run_completes(tmp_path):
     assert set(workers) == {"0", "1", "2", "3"}
     # the repo's own files were not touched by Flower's config migration
     assert "federations" not in (REPO / "pyproject.toml").read_text()
+
+
+def test_inline_engine_matches_ray(run_dir, tmp_path):
+    """`simulation.engine = "inline"` runs the same apps in-process: same numbers as Ray."""
+    out = tmp_path / "inline"
+    assert main(["run", str(TINY), "--out", str(out), "--set", 'simulation.engine="inline"']) == 0
+    assert [r["accuracy"] for r in read_rows(out)] == [r["accuracy"] for r in read_rows(run_dir)]
+    assert [r["epsilon"] for r in read_rows(out)] == [r["epsilon"] for r in read_rows(run_dir)]
