@@ -150,11 +150,12 @@ class LinearDPStep:
         for m, uses in per_layer:
             if len(uses) == 1 and uses[0][0].dim() == 2:
                 a, g = uses[0]
-                g_sq = (g * g).sum(1)
+                g_norm = torch.linalg.vector_norm(g, dim=1)
                 if m.weight.requires_grad:
-                    sq_norm += (a * a).sum(1) * g_sq
+                    w_norm = torch.linalg.vector_norm(a, dim=1).mul_(g_norm)  # ||g_i a_i^T||
+                    sq_norm.addcmul_(w_norm, w_norm)
                 if m.bias is not None and m.bias.requires_grad:
-                    sq_norm += g_sq
+                    sq_norm.addcmul_(g_norm, g_norm)
                 ghosts.append((m, a, g))
             else:
                 gw = sum(torch.einsum("n...o,n...i->noi", g, a) for a, g in uses)

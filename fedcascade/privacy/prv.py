@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
+from collections import OrderedDict
 
 import numpy as np
 from opacus.accountants.analysis.prv import (
@@ -77,8 +77,26 @@ def _domain(n: int, mesh: float) -> Domain:
     return Domain(t_min=-n * mesh, t_max=(n + 1) * mesh, size=2 * n + 2)
 
 
-@lru_cache(maxsize=64)
+#: Memory budget of the spectrum cache (entries are 16 bytes per grid point / 2).
+CACHE_BYTES = 256 * 2**20
+_SPECTRA: OrderedDict[tuple[float, float, int, float], tuple[np.ndarray, float]] = OrderedDict()
+
+
 def _spectrum(q: float, sigma: float, n: int, mesh: float) -> tuple[np.ndarray, float]:
+    """Cached :func:`_discretised_spectrum`, least recently used first out, within CACHE_BYTES."""
+    key = (q, sigma, n, mesh)
+    hit = _SPECTRA.get(key)
+    if hit is not None:
+        _SPECTRA.move_to_end(key)
+        return hit
+    hit = _discretised_spectrum(q, sigma, n, mesh)
+    _SPECTRA[key] = hit
+    while len(_SPECTRA) > 1 and sum(v[0].nbytes for v in _SPECTRA.values()) > CACHE_BYTES:
+        _SPECTRA.popitem(last=False)
+    return hit
+
+
+def _discretised_spectrum(q: float, sigma: float, n: int, mesh: float) -> tuple[np.ndarray, float]:
     """Log-FFT of one step's discretised PRV on the grid, and the grid shift that centres its mean."""
     domain = _domain(n, mesh)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
