@@ -288,10 +288,17 @@ class LocalTopology:
     # ---- processes ----------------------------------------------------------------------
 
     def start(
-        self, service: str, args: Sequence[str] | None = None, name: str | None = None
+        self,
+        service: str,
+        args: Sequence[str] | None = None,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Proc:
-        """Start ``service`` (optionally with other compose-style ``args``) in the background."""
+        """Start ``service`` (optionally with other compose-style ``args`` and extra ``env``)
+        in the background."""
         name = name or service
+        full_env = self.env(service)
+        full_env.update(env or {})
         log = self.workdir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
@@ -300,7 +307,7 @@ class LocalTopology:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self.env(service),
+                env=full_env,
                 cwd=self.root(service) / "app",
                 start_new_session=True,
             )
