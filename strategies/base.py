@@ -302,6 +302,63 @@ class FedcascadeStrategy(Strategy):
             sizes[k] = sizes.get(k, 0) + 1
         return sizes
 
+    def select_clusters(
+        self,
+        grid: Grid,
+        server_round: int,
+        communities: Iterable[CommunityInfo],
+        cluster_ids: list[int],
+        metric: str,
+        epsilon: float,
+    ) -> dict[int, int]:
+        """Each community privately picks one of ``cluster_ids`` on its own training data.
+
+        The community scores every candidate model (``metric`` "accuracy" or "loss") and answers
+        with report-noisy-max at ``epsilon``, charged to its ledger as a pure-DP event; only the
+        chosen index comes back (``epsilon = inf``: exact choice, for non-private runs). Returns
+        {community_id: chosen cluster id}; communities whose budget refused the selection are
+        left out and marked exhausted.
+        """
+        base = {
+            f"cluster-{j}": P.arrays_to_record(self.clusters[k].arrays)
+            for j, k in enumerate(cluster_ids)
+        }
+        msgs = []
+        for c in communities:
+            content = RecordDict(dict(base))
+            content[P.CONFIG] = ConfigRecord(
+                {
+                    "action": "select",
+                    "experiment": self.experiment_toml,
+                    "community-id": c.community_id,
+                    "server-round": server_round,
+                    "metric": metric,
+                    "epsilon": float(epsilon),
+                    "ranks": [self.clusters[k].rank for k in cluster_ids],
+                    "seed": int(self.rng.integers(2**31)),
+                }
+            )
+            msgs.append(Message(content=content, message_type="query", dst_node_id=c.node_id))
+        chosen: dict[int, int] = {}
+        for reply in grid.send_and_receive(msgs, timeout=self.cfg.train.timeout_seconds):
+            if reply.has_error():
+                log(
+                    WARNING,
+                    "selection reply from node %s failed: %s",
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
+                continue
+            info = reply.content[P.INFO]
+            cid = int(info["community-id"])
+            self.privacy[cid] = P.record_to_privacy(reply.content[P.PRIVACY])
+            if str(info["status"]) == P.STATUS_BUDGET:
+                log(WARNING, "community %s refused selection: privacy budget exhausted", cid)
+                self.budget_exhausted.add(cid)
+                continue
+            chosen[cid] = cluster_ids[int(info["choice"])]
+        return chosen
+
     def message(
         self, community: CommunityInfo, server_round: int, kind: str, **extra: Any
     ) -> Message:

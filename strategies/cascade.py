@@ -1,0 +1,246 @@
+"""``cascade``: noise-aware clustering, then noise and adapter capacity scaled by cluster size.
+
+Ours; the formulas are in ``docs/method.md``. In order:
+
+1. warm-up: ``warmup_rounds`` rounds of DP-SGD on one global adapter; every community's update
+   (reply minus the model it was sent) is kept with its known DP-noise scale;
+2. clustering (post-processing of DP updates, free): :func:`cascade_cluster` averages the warm-up
+   updates, removes the known noise variance from the Gram matrix, embeds above the noise edge
+   and picks the number of clusters by BIC; communities that missed the warm-up are assigned from
+   their update later (:func:`assign_by_update`), also free;
+3. capacity: each cluster's LoRA rank scales with its precision ``Pi_k = sum N_i^2 mu_i^2``
+   (:func:`cluster_ranks`), small clusters train fewer parameters, so less noise;
+4. noise: :func:`cluster_noise_plan` gives precision-weighted aggregation inside a cluster and the
+   rounds ``R_k`` over which each cluster spends the rest of its budget, so no round of a small
+   cluster is drowned; each community's noise multiplier for the rest of the run is recalibrated
+   against what its ledger already holds (:func:`calibrate_remaining`).
+
+``noise_scaling = false`` and ``rank_scaling = false`` switch 3 and 4 off (the ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from fedcascade.clustering import (
+    cascade_cluster,
+    cluster_noise_plan,
+    cluster_precision,
+    cluster_ranks,
+    dp_update_noise_std,
+    flatten_updates,
+    gdp_mu,
+    truncate_lora,
+)
+from fedcascade.configtools import param
+from fedcascade.plans import calibrate_remaining
+from fedcascade.privacy import DPPlan
+from strategies.base import Cluster, CommunityInfo, FedcascadeStrategy, Reply, average_arrays
+
+
+@dataclass(frozen=True)
+class CascadeOptions:
+    """``[strategy.options]`` of ``cascade``."""
+
+    warmup_rounds: int = param(
+        3, ge=1, le=1000, doc="rounds of global DP-SGD whose updates are clustered"
+    )
+    k_max: int = param(8, ge=1, le=1000, doc="largest number of clusters considered")
+    criterion: Literal["bic", "silhouette", "edge"] = param(
+        "bic", doc="how the number of clusters is chosen"
+    )
+    noise_scaling: bool = param(
+        True, doc="precision weights and per-cluster rounds (off: FedAvg weights, every round)"
+    )
+    rank_scaling: bool = param(
+        True, doc="LoRA rank by cluster precision (off: model.lora_rank everywhere)"
+    )
+    r_min: int = param(1, ge=1, doc="smallest LoRA rank a cluster gets")
+    rank_gamma: float = param(0.5, ge=0, le=1, doc="exponent of the rank rule r_k ~ Pi_k^gamma")
+    min_round_fraction: float = param(
+        0.5, gt=0, le=1, doc="floor on the share of rounds a cluster trains"
+    )
+
+
+class Cascade(FedcascadeStrategy):
+    """Noise-aware clustering with automatic k, then noise and rank scaled by cluster size."""
+
+    name = "cascade"
+    label = "cascade (ours: noise-aware clustering, size-scaled noise and rank)"
+    Options = CascadeOptions
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        from fedcascade.configtools import check
+
+        opts = cls.build_options(cfg.strategy.options)
+        check(
+            opts.warmup_rounds < cfg.train.rounds,
+            "strategy.options.warmup_rounds",
+            opts.warmup_rounds,
+            f"fewer than train.rounds = {cfg.train.rounds}",
+            "cascade needs rounds left after the warm-up",
+        )
+
+    def setup(self) -> None:
+        super().setup()
+        self.history: list[dict[int, np.ndarray]] = []
+        self.noise: list[dict[int, float]] = []
+        self.rounds_of: dict[int, list[int]] = {}
+        self.weights: dict[int, float] = {}
+        self.plans: dict[int, DPPlan] = {}
+        self.result = None
+
+    # -- privacy ---------------------------------------------------------------------------------
+    def planned_schedule(self, community: CommunityInfo) -> list[tuple[float, int]]:
+        # the initial plan; after clustering the rest is re-planned and recalibrated
+        return [
+            (self.sample_rate(community), self.steps_per_round(community) * self.cfg.train.rounds)
+        ]
+
+    def plan(self, community: CommunityInfo, server_round: int) -> DPPlan | None:
+        if server_round > self.options.warmup_rounds and community.community_id in self.plans:
+            return self.plans[community.community_id]
+        return super().plan(community, server_round)
+
+    def participants(self, server_round: int) -> list[CommunityInfo]:
+        everyone = super().participants(server_round)
+        if server_round <= self.options.warmup_rounds or not self.rounds_of:
+            return everyone
+        return [
+            c for c in everyone if server_round in self.rounds_of[self.assignment[c.community_id]]
+        ]
+
+    # -- aggregation -------------------------------------------------------------------------------
+    def aggregate(self, server_round: int, replies: list[Reply]) -> None:
+        w = self.options.warmup_rounds
+        if server_round <= w:
+            sent = self.clusters[0].arrays
+            self.history.append(
+                {r.community_id: flatten_updates([self._delta(r, sent)])[0] for r in replies}
+            )
+            self.noise.append({r.community_id: self._noise_std(r) for r in replies})
+            super().aggregate(server_round, replies)
+            if server_round == w:
+                self._cluster(replies)
+            return
+        for cluster_id, members in self.by_cluster(replies).items():
+            weights = [self.weights.get(r.community_id, r.n_train) for r in members]
+            self.clusters[cluster_id].arrays = average_arrays([r.arrays for r in members], weights)
+
+    @staticmethod
+    def _delta(reply: Reply, sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: reply.arrays[k] - sent[k] for k in sent}
+
+    def _noise_std(self, reply: Reply) -> float:
+        c = self.communities[reply.community_id]
+        plan = self.plan(c, 1)
+        if plan is None:
+            return 0.0
+        return dp_update_noise_std(
+            plan.noise_multiplier,
+            plan.max_grad_norm,
+            plan.sample_rate * c.n_train,
+            plan.steps,
+            self.cfg.train.lr,
+        )
+
+    def _cluster(self, replies: list[Reply]) -> None:
+        ids = sorted(set.intersection(*(set(h) for h in self.history)))
+        hist = [np.stack([h[c] for c in ids]) for h in self.history]
+        scales = np.array([[n[c] for c in ids] for n in self.noise]) if self.is_private else None
+        self.result = cascade_cluster(
+            hist, scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
+        )
+        labels = {c: int(self.result.labels[i]) for i, c in enumerate(ids)}
+        largest = 0  # clusters are ordered by size
+        self.assignment = {c: labels.get(c, largest) for c in self.communities}
+        k = self.result.k
+        cids = sorted(self.communities)
+        records = np.array([self.communities[c].n_train for c in cids])
+        lab = np.array([self.assignment[c] for c in cids])
+        mu = np.array(
+            [
+                gdp_mu(self.training_epsilon, self.delta(self.communities[c]))
+                if self.is_private
+                else 1.0
+                for c in cids
+            ]
+        )
+        precision = cluster_precision(records, lab, mu)
+        r_max = self.cfg.model.lora_rank
+        ranks = (
+            cluster_ranks(precision, min(self.options.r_min, r_max), r_max, self.options.rank_gamma)
+            if self.options.rank_scaling
+            else np.full(k, r_max)
+        )
+        # every cluster starts from the warm-up's global model, cut to its rank
+        start = self.clusters[0].arrays
+        self.clusters = {
+            j: Cluster(
+                truncate_lora(start, int(ranks[j]), self.cfg.model.lora_alpha), int(ranks[j])
+            )
+            for j in range(k)
+        }
+        self._plan_rest(cids, records, lab, ranks)
+
+    def _plan_rest(
+        self, cids: list[int], records: np.ndarray, lab: np.ndarray, ranks: np.ndarray
+    ) -> None:
+        w, rounds = self.options.warmup_rounds, self.cfg.train.rounds
+        rest = rounds - w
+        if not self.is_private:
+            self.rounds_of = {k: list(range(w + 1, rounds + 1)) for k in range(len(ranks))}
+            return
+        scaled = self.options.noise_scaling
+        param_counts = [
+            sum(a.size for a in self.clusters[k].arrays.values()) for k in range(len(ranks))
+        ]
+        plan = cluster_noise_plan(
+            records,
+            lab,
+            epsilon=self.training_epsilon,
+            delta=float(np.median([self.delta(self.communities[c]) for c in cids])),
+            rounds=rest,
+            local_epochs=self.cfg.train.local_epochs,
+            param_counts=param_counts,
+            weighting="precision" if scaled else "records",
+            min_round_fraction=self.options.min_round_fraction if scaled else 1.0,
+        )
+        self.nsr = {"before": plan.nsr_before.tolist(), "after": plan.nsr_after.tolist()}
+        self.rounds_of = {k: [w + r for r in rs] for k, rs in enumerate(plan.rounds_of)}
+        self.weights = {c: float(plan.weights[i]) for i, c in enumerate(cids)}
+        for i, c in enumerate(cids):
+            info = self.communities[c]
+            q = float(plan.sample_rate[i]) if scaled else self.sample_rate(info)
+            steps = int(plan.steps_per_round[i]) if scaled else self.steps_per_round(info)
+            n_rounds = len(self.rounds_of[int(lab[i])])
+            spent = [
+                (b["sample_rate"], b["noise_multiplier"], b["steps"])
+                for b in self.privacy.get(c, {}).get("blocks", [])
+            ]
+            sigma = calibrate_remaining(
+                self.training_epsilon,
+                self.delta(info),
+                spent,
+                [(q, steps * n_rounds)],
+                self.cfg.privacy.accountant,
+            )
+            self.plans[c] = DPPlan(q, steps, sigma, self.cfg.privacy.max_grad_norm)
+
+    def round_record(self) -> dict[str, Any]:
+        if self.result is None:
+            return {"phase": "warm-up"}
+        return {
+            "phase": "clustered",
+            "k": int(self.result.k),
+            "bic_scores": {str(k): float(v) for k, v in self.result.scores.items()},
+            "noise_to_signal": getattr(self, "nsr", None),
+            "cluster_rounds": {str(k): len(v) for k, v in self.rounds_of.items()},
+        }
+
+    def summary_extras(self) -> dict[str, Any]:
+        return {"k": int(self.result.k) if self.result is not None else 1}
