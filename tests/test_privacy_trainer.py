@@ -266,7 +266,11 @@ def test_peft_adapter_models_from_fedcascade_models(input_shape):
     models = {}
     for engine in ("auto", "opacus"):
         model = adapter_model(backbone, cfg, rank=2, seed=0)
-        frozen = {k: v.clone() for k, v in model.state_dict().items() if "lora" not in k and "head" not in k}
+        frozen = {
+            k: v.clone()
+            for k, v in model.state_dict().items()
+            if "lora" not in k and "head" not in k
+        }
         before = trainable_arrays(model)
         train_dp(model, x, y, plan, lr=0.5, seed=0, engine=engine)
         after = trainable_arrays(model)

@@ -73,7 +73,9 @@ class PrivacyLedger:
     def __init__(
         self, path: str | Path | None, target_epsilon: float, delta: float, accountant: str = "prv"
     ) -> None:
-        if not (isinstance(target_epsilon, (int, float)) and target_epsilon > 0):
+        if isinstance(target_epsilon, bool) or not (
+            isinstance(target_epsilon, (int, float)) and target_epsilon > 0
+        ):
             raise ConfigError("privacy.target_epsilon", target_epsilon, "a number > 0")
         if not (isinstance(delta, (int, float)) and 0 < delta < 1):
             raise ConfigError("privacy.delta", delta, "a number in (0, 1)")
@@ -85,7 +87,7 @@ class PrivacyLedger:
         self.path = Path(path) if path is not None else None
         self._blocks: list[dict[str, Any]] = []
         self._pure: list[dict[str, Any]] = []
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._locked():
@@ -361,9 +363,10 @@ def _check_block(b: dict[str, Any]) -> dict[str, Any]:
     return _block_dict(plan)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
-    return (st.st_mtime_ns, st.st_size)
+    # os.replace gives every write a new inode, so this changes even within one mtime tick
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
