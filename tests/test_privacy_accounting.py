@@ -178,6 +178,17 @@ def test_calibration_more_steps_or_smaller_budget_needs_more_noise():
     assert calibrate_noise_multiplier(3.0, 1e-5, [(0.1, 40), (0.1, 60)]) == base
 
 
+def test_recalibration_after_spent_blocks_fills_the_rest_of_the_budget():
+    spent = [(1.0, 2.0, 1), (0.05, 2.0, 100)]  # e.g. a warm-up, read from a ledger summary
+    rest = [(0.1, 150)]
+    sigma = calibrate_noise_multiplier(3.0, 1e-5, rest, spent=spent)
+    assert compute_epsilon([*spent, (0.1, sigma, 150)], 1e-5) <= 3.0
+    assert compute_epsilon([*spent, (0.1, sigma / 1.003, 150)], 1e-5) > 3.0
+    assert sigma > calibrate_noise_multiplier(3.0, 1e-5, rest)  # less budget left, more noise
+    with pytest.raises(ConfigError, match="already spent"):
+        calibrate_noise_multiplier(3.0, 1e-5, rest, spent=[(1.0, 0.5, 10)])
+
+
 def test_calibration_errors_are_clear():
     with pytest.raises(ConfigError, match="privacy.target_epsilon"):
         calibrate_noise_multiplier(0.0, 1e-5, [(0.1, 10)])

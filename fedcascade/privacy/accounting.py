@@ -156,6 +156,7 @@ def calibrate_noise_multiplier(
     accountant: str = "prv",
     *,
     rtol: float = 1e-3,
+    spent: Sequence[Sequence[float]] = (),
 ) -> float:
     """Smallest noise multiplier that keeps the whole planned schedule within ``target_epsilon``.
 
@@ -174,6 +175,9 @@ def calibrate_noise_multiplier(
     rtol : float
         Relative tolerance on sigma: the result ``s`` satisfies ``epsilon(s) <= target`` and
         ``epsilon(s / (1 + rtol)) > target`` (or ``epsilon(s)`` is within ``rtol`` of target).
+    spent : sequence of (sample_rate, noise_multiplier, steps), optional
+        Blocks already run (e.g. from a ledger summary) when re-planning mid-run: the result is
+        the sigma for the rest of the schedule such that spent + schedule stays within target.
 
     Returns
     -------
@@ -198,7 +202,12 @@ def calibrate_noise_multiplier(
     if not key:
         raise ValueError(f"schedule has no steps to calibrate for: {list(schedule)!r}")
     return _calibrate(
-        float(target_epsilon), _check_delta(delta), key, _check_accountant(accountant), float(rtol)
+        float(target_epsilon),
+        _check_delta(delta),
+        key,
+        _check_accountant(accountant),
+        float(rtol),
+        canonical_blocks(spent),
     )
 
 
@@ -209,12 +218,16 @@ def _calibrate(
     schedule: tuple[tuple[float, int], ...],
     accountant: str,
     rtol: float,
+    spent: tuple[Block, ...] = (),
 ) -> float:
+    def blocks(sigma: float) -> tuple[Block, ...]:
+        return canonical_blocks([*spent, *((q, sigma, n) for q, n in schedule)])
+
     def eps(sigma: float) -> float:
-        return _epsilon(canonical_blocks((q, sigma, n) for q, n in schedule), delta, accountant)
+        return _epsilon(blocks(sigma), delta, accountant)
 
     def eps_fast(sigma: float) -> float:  # cheap RDP bound, only to find a starting bracket
-        return rdp_epsilon(tuple((q, sigma, n) for q, n in schedule), delta, integer_orders=True)
+        return rdp_epsilon(blocks(sigma), delta, integer_orders=True)
 
     # 1. Cheap bisection (log scale) on the integer-order RDP bound.
     lo, hi = 1e-3, MAX_NOISE_MULTIPLIER
@@ -236,6 +249,7 @@ def _calibrate(
                 target,
                 f"an epsilon reachable with noise multiplier <= {MAX_NOISE_MULTIPLIER:g}",
                 f"the {accountant} accountant gives epsilon {e_hi:.4g} even there"
+                + (" (with the blocks already spent)" if spent else "")
                 + (f" (its error margin is {PRV_EPS_ERROR})" if accountant == "prv" else ""),
             )
         lo, hi = hi, min(hi * 1.25, MAX_NOISE_MULTIPLIER)
