@@ -196,15 +196,13 @@ def train_community(
     model = model_at_rank(cfg, instr.lora_rank, arrays)
     seed = (cfg.seed * 1_000_003 + instr.server_round * 7919 + instr.community_id) % 2**31
     result = train_dp(model, community.x_train, community.y_train, instr.plan, instr.lr, seed)
-    summary = (
-        ledger.summary()
-        if ledger is not None
-        else {"epsilon": float("inf"), "accountant": "", "private": False}
-    )
+    summary = ledger.summary() if ledger is not None else _NON_PRIVATE
     return TrainOutcome(
         trainable_arrays(model),
         community.n_train,
-        result.loss,
+        # the training loss is computed on raw private records, so a private community does not
+        # report it (design.md: anything computed from raw data is privatized or not sent)
+        float("nan") if private else result.loss,
         STATUS_OK,
         summary,
         result.seconds,

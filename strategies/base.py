@@ -437,7 +437,10 @@ class FedcascadeStrategy(Strategy):
         n = sum(r.n_train for r in valid)
         self._round_train = {
             "participants": sorted(r.community_id for r in valid),
-            "train_loss": (sum(r.loss * r.n_train for r in valid) / n) if n else None,
+            # private communities do not report a training loss (it would leak)
+            "train_loss": (sum(r.loss * r.n_train for r in valid) / n)
+            if n and not self.is_private
+            else None,
             "max_epsilon": max((float(r.privacy.get("epsilon", 0.0)) for r in valid), default=None),
             "workers": {str(r.community_id): r.worker for r in valid},
         }

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from fedcascade.plans import calibrate_remaining
 
 from fedcascade.clustering import (
     cascade_cluster,
@@ -36,7 +37,6 @@ from fedcascade.clustering import (
     truncate_lora,
 )
 from fedcascade.configtools import param
-from fedcascade.plans import calibrate_remaining
 from fedcascade.privacy import DPPlan
 from strategies.base import Cluster, CommunityInfo, FedcascadeStrategy, Reply, average_arrays
 

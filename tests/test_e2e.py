@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -65,7 +64,7 @@ def test_rounds_log(run_dir):
         assert r["assignment"] == {"0": 0, "1": 0, "2": 0, "3": 0}
         assert r["cluster_sizes"] == {"0": 4}
         assert 0 <= r["eval"]["eval_accuracy"] <= 1
-        assert math.isfinite(r["train"]["train_loss"])
+        assert r["train"]["train_loss"] is None  # a private community never reports it
         assert set(r["workers"]) == {"0", "1", "2", "3"}
     # privacy is spent round by round, never more than the target
     eps = [r["train"]["max_epsilon"] for r in lines]
