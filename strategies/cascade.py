@@ -13,7 +13,7 @@ Ours; the formulas are in ``docs/method.md``. In order:
 4. noise: :func:`cluster_noise_plan` gives precision-weighted aggregation inside a cluster and the
    rounds ``R_k`` over which each cluster spends the rest of its budget, so no round of a small
    cluster is drowned; each community's noise multiplier for the rest of the run is recalibrated
-   against what its ledger already holds (:func:`calibrate_remaining`).
+   against what its ledger already holds (``calibrate_noise_multiplier(..., spent=...)``).
 
 ``noise_scaling = false`` and ``rank_scaling = false`` switch 3 and 4 off (the ablation).
 """
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from fedcascade.plans import calibrate_remaining
 
 from fedcascade.clustering import (
     cascade_cluster,
@@ -37,7 +36,7 @@ from fedcascade.clustering import (
     truncate_lora,
 )
 from fedcascade.configtools import param
-from fedcascade.privacy import DPPlan
+from fedcascade.privacy import DPPlan, calibrate_noise_multiplier
 from strategies.base import Cluster, CommunityInfo, FedcascadeStrategy, Reply, average_arrays
 
 
@@ -222,12 +221,13 @@ class Cascade(FedcascadeStrategy):
                 (b["sample_rate"], b["noise_multiplier"], b["steps"])
                 for b in self.privacy.get(c, {}).get("blocks", [])
             ]
-            sigma = calibrate_remaining(
+            # recalibrated against what the ledger already holds, so the total meets the budget
+            sigma = calibrate_noise_multiplier(
                 self.training_epsilon,
                 self.delta(info),
-                spent,
                 [(q, steps * n_rounds)],
                 self.cfg.privacy.accountant,
+                spent=spent,
             )
             self.plans[c] = DPPlan(q, steps, sigma, self.cfg.privacy.max_grad_norm)
 
