@@ -146,16 +146,17 @@ def _supernode_args(topo: LocalTopology, node: str = "supernode-1") -> list[str]
     return with_flag(topo.raw_argv(node), "--port", str(free_port()))
 
 
-def test_compose_run_finishes_with_every_community(deployment):
+@pytest.mark.parametrize("rounds", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_compose_run_finishes_with_every_community(deployment, rounds):
     topo = deployment
     experiment = topo.workdir / "tiny.toml"
     experiment.write_text(TINY_EXPERIMENT)
-    out_dir = topo.host_path("superexec-serverapp", "/results/run1")
-    run_config = f"experiment='{experiment}' overrides='output.dir={out_dir}'"
+    out_dir = topo.host_path("superexec-serverapp", f"/results/run-{rounds}")
+    run_config = f"experiment='{experiment}' overrides='output.dir={out_dir};train.rounds={rounds}'"
     res = topo.run(
         ["flwr", "run", str(REPO), "fedcascade-deploy", "--run-config", run_config, "--stream"],
         "superlink",
-        timeout=240,
+        timeout=300,
         env=_cli_home(topo),
         cwd=REPO,
     )
@@ -164,19 +165,23 @@ def test_compose_run_finishes_with_every_community(deployment):
 
     rows = list(csv.DictReader((Path(out_dir) / "communities.csv").open()))
     assert sorted(int(r["community_id"]) for r in rows) == [0, 1, 2]
-    rounds = [
-        json.loads(line) for line in (Path(out_dir) / "rounds.jsonl").read_text().splitlines()
-    ]
-    assert len(rounds) == 2
-    for rec in rounds:
+    lines = (Path(out_dir) / "rounds.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == rounds
+    for rec in records:
         assert sorted(rec["workers"]) == ["0", "1", "2"], rec
     # Each community trained in its own ClientApp process, i.e. on its own "machine".
-    assert len({rows_w for rows_w in rounds[-1]["workers"].values()}) == 3
-    # Each community's privacy ledger stays on its machine (volume state-N of its SuperExec).
-    for n in (1, 2, 3):
-        ledgers = list((topo.workdir / "volumes" / f"state-{n}").rglob("community-*.json"))
-        assert [p.name for p in ledgers] == [f"community-{n - 1}.json"], ledgers
+    assert len(set(records[-1]["workers"].values())) == 3
+    # Each community's privacy ledger stays on its machine (volume state-N of its SuperExec)
+    # and accumulates across rounds although every round runs in a new ClientApp process.
     assert json.loads(summary.read_text())["n_communities"] == 3
+    for n in (1, 2, 3):
+        state = topo.workdir / "volumes" / f"state-{n}"
+        ledgers = list(state.rglob("community-*.json"))
+        assert {p.name for p in ledgers} == {f"community-{n - 1}.json"}, ledgers
+        spent = [json.loads(p.read_text()) for p in ledgers]
+        assert any(len(led["blocks"]) == rounds for led in spent), spent
+        assert all(led["epsilon"] <= led["target_epsilon"] for led in spent)
 
 
 def test_unregistered_supernode_is_refused(deployment):

@@ -238,3 +238,21 @@ def test_compose_files_are_valid(compose_file, env):
         cwd=REPO,
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_deploy_experiment_matches_the_compose_communities():
+    """deploy/experiment.toml has one community per SuperNode, ids 0..n-1 one to one."""
+    from flwr.common.config import parse_config_args
+
+    from fedcascade.config import load_config
+    from tests.deploy_support import flag_value, load_compose
+
+    services = load_compose()["services"]
+    ids = sorted(
+        parse_config_args([flag_value(svc["command"], "--node-config")])["community-id"]
+        for name, svc in services.items()
+        if name.startswith("supernode-")
+    )
+    cfg = load_config(DEPLOY / "experiment.toml")
+    assert ids == list(range(cfg.data.n_communities))
+    assert cfg.run_dir.as_posix().startswith("/results/")  # the results volume
