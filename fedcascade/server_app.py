@@ -144,6 +144,8 @@ def summarise(
         "n_communities": len(strategy.communities),
         "wall_seconds": round(wall, 3),
         "accuracy": weighted_accuracy(evals),
+        "val_accuracy": weighted_accuracy(strategy.val_eval),
+        "val_worst_group_accuracy": min(group_accuracies(strategy.val_eval).values(), default=None),
         "accuracy_by_group": by_group,
         "accuracy_by_sub_distribution": by_sub,
         "worst_group_accuracy": min(by_group.values()) if by_group else None,

@@ -31,6 +31,7 @@ from fedcascade.errors import ConfigError
 #: summary.json fields copied into sweep.csv (plus any numeric extra a strategy reports)
 METRICS = [
     "accuracy",
+    "val_accuracy",
     "worst_group_accuracy",
     "accuracy_gap",
     "minority_accuracy",

@@ -154,6 +154,7 @@ class FedcascadeStrategy(Strategy):
         self._round_train: dict[str, Any] = {}
         self._round_eval: dict[str, Any] = {}
         self.last_eval: dict[int, dict[str, float]] = {}
+        self.val_eval: dict[int, dict[str, float]] = {}
         self.privacy: dict[int, dict[str, Any]] = {}
         self.workers: dict[int, str] = {}
         self.budget_exhausted: set[int] = set()
@@ -527,6 +528,22 @@ class FedcascadeStrategy(Strategy):
             }
             self.ctx.log_round(record)
             self.ctx.on_progress(server_round, rounds, self._round_eval.get("eval_accuracy"))
+        self.evaluate_validation(grid)
+
+    def evaluate_validation(self, grid: Grid) -> None:
+        """Final models on every community's validation split (held out of training).
+
+        Hyperparameters are chosen on this number, never on the test split.
+        """
+        msgs = [
+            self.message(c, self.cfg.train.rounds, "evaluate", split="val")
+            for c in self.communities.values()
+        ]
+        for msg in grid.send_and_receive(msgs, timeout=self.cfg.train.timeout_seconds):
+            if not msg.has_error():
+                self.val_eval[int(msg.content[P.INFO]["community-id"])] = dict(
+                    msg.content[P.METRICS]
+                )
 
 
 def discover_communities(

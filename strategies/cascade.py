@@ -49,7 +49,7 @@ class CascadeOptions:
     )
     k_max: int = param(8, ge=1, le=1000, doc="largest number of clusters considered")
     criterion: Literal["bic", "silhouette", "edge"] = param(
-        "bic", doc="how the number of clusters is chosen"
+        "silhouette", doc="how the number of clusters is chosen"
     )
     noise_scaling: bool = param(
         True, doc="precision weights and per-cluster rounds (off: FedAvg weights, every round)"
