@@ -40,6 +40,52 @@ DEPLOY = REPO / "deploy"
 TOKEN_ENV = "FEDCASCADE_DEPLOY_TEST_TOKEN"
 _ENV_REF = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
+# The same tiny synthetic federation the other end-to-end tests use, with three communities
+# (two from the majority sub-distribution, one marginalized) to match the three SuperNodes.
+TINY_EXPERIMENT = """
+name = "deploy-tiny"
+seed = 3
+
+[data]
+source = "synthetic"
+
+[data.synthetic]
+dim = 12
+records_per_community = 200
+
+[[data.synthetic.sub_distributions]]
+name = "majority"
+n_communities = 2
+size = 1.0
+intrinsic_dim = 2
+
+[[data.synthetic.sub_distributions]]
+name = "minority"
+n_communities = 1
+size = 0.3
+intrinsic_dim = 2
+
+[model]
+hidden = [16]
+embedding_dim = 8
+lora_rank = 2
+
+[model.pretrain]
+epochs = 3
+
+[privacy]
+target_epsilon = 3.0
+batch_size = 32
+
+[train]
+rounds = 2
+lr = 0.1
+timeout_seconds = 240
+
+[strategy]
+name = "dp-fedavg"
+"""
+
 
 def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     """The compose file as a dict (anchors resolved, ``${VAR:-default}`` not yet)."""

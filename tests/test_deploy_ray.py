@@ -26,6 +26,7 @@ import pytest
 
 from tests.deploy_support import (
     REPO,
+    TINY_EXPERIMENT,
     TOKEN_ENV,
     free_port,
     kill_by_token,
@@ -33,7 +34,6 @@ from tests.deploy_support import (
     port_open,
     wait_until,
 )
-from tests.test_deploy_compose import TINY_EXPERIMENT
 
 # Ask the cluster for its live nodes (a short-lived driver).
 NODES_SCRIPT = """
