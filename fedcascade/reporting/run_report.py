@@ -254,14 +254,33 @@ def _consistency(run: RunDir, ev: RunEvaluation, groups: Mapping[Any, Mapping[st
     return out
 
 
+#: fewer units than this give no verdict: a bootstrap of 3 or 4 points yields degenerate
+#: intervals (every resample of 3 points with any variation has rho = +-1 or 0.5)
+MIN_CASCADE_UNITS = 5
+
+
+def guard_cascade(tbl: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace the verdict of rows computed on fewer than :data:`MIN_CASCADE_UNITS` units."""
+    out = []
+    for t in tbl:
+        t = dict(t)
+        if t["n"] < MIN_CASCADE_UNITS and t["verdict"] not in ("no variation",):
+            t["verdict"] = f"too few units (n < {MIN_CASCADE_UNITS})"
+            t["ci_low"] = t["ci_high"] = math.nan
+        out.append(t)
+    return out
+
+
 def _cascade(rows: list[dict], cfg: MetricsConfig) -> list[dict[str, Any]]:
-    return cascade_table(
-        rows,
-        cfg.representation,
-        within_run=cfg.within_run,
-        n_boot=cfg.bootstrap,
-        confidence=cfg.confidence,
-        seed=cfg.seed,
+    return guard_cascade(
+        cascade_table(
+            rows,
+            cfg.representation,
+            within_run=cfg.within_run,
+            n_boot=cfg.bootstrap,
+            confidence=cfg.confidence,
+            seed=cfg.seed,
+        )
     )
 
 
@@ -417,9 +436,9 @@ def run_figures(
             config.adversarial_eps,
             out_dir / "robustness.png",
         )
-        level = "communities" if len(views["groups"]) < 3 else "groups"
+        level = "communities" if len(views["groups"]) < MIN_CASCADE_UNITS else "groups"
         rows = rows_by_level.get(level, [])
-        if len(rows) >= 3:
+        if len(rows) >= MIN_CASCADE_UNITS:
             from fedcascade.metrics import plot_cascade
 
             plot_cascade(
@@ -575,12 +594,16 @@ def run_markdown(
         cols = sec["columns"]
         lines += [f"## {sec['title']}", "", sec["intro"], ""]
         notes = _notes_for(a, sec["id"])
-        body = _view_table(views["groups"], cols, "group")
+        own = cols if sec["id"] == "performance" else [c for c in cols if c != "accuracy"]
+        has_own = any(c in row for row in views["groups"].values() for c in own)
+        body = _view_table(views["groups"], cols, "group") if has_own else []
         if not body:
             why = notes or ["> Not computed for this run (see 'What was skipped, and why')."]
             lines += why + [""]
             continue
         lines += ["Per group:", ""] + body + [""]
+        if sec["id"] == "privacy" and not a.get("record_level"):
+            lines += ["> Membership inference needs the saved models (see below).", ""]
         wt = _worst_table(worst["groups"], [c for c in cols if c != "n"])
         if wt:
             lines += wt + [""]
@@ -631,6 +654,12 @@ def run_markdown(
             if n_units < 3:
                 lines += ["> Fewer than 3 units: no correlation can be estimated.", ""]
                 continue
+            if n_units < MIN_CASCADE_UNITS:
+                lines += [
+                    f"> Only {n_units} units: ρ is shown, but no interval or verdict is "
+                    f"drawn below {MIN_CASCADE_UNITS}; pool runs in a sweep for a real test.",
+                    "",
+                ]
             lines += cascade_lines(tbl, config.confidence) + [""]
         if "cascade" in figures:
             lines += [

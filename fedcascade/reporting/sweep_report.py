@@ -34,6 +34,7 @@ from fedcascade.reporting.run_report import (
     _cascade,
     analyse_run,
     cascade_lines,
+    guard_cascade,
     metrics_config,
     write_run_report,
 )
@@ -121,7 +122,8 @@ def disparity_rows(sweep: Sweep) -> list[dict[str, Any]]:
     others = [k for k in sweep.grid_keys if k not in (STRATEGY_KEY, EPSILON_KEY, "seed")]
     for r in sweep.runs:
         s = r.summary
-        row: dict[str, Any] = {
+        row: dict[str, Any] = dict.fromkeys(DISPARITY_COLUMNS)
+        row |= {
             "run": r.name,
             "strategy": r.strategy,
             "strategy_label": s.get("strategy_label"),
@@ -497,14 +499,16 @@ def write_sweep_report(
             for row in report_rows({"groups": a["views"][level]}, run=name)
         ]
     if len(level_rows["groups"]) >= 3:
-        cascade["groups"] = plot_cascade(
-            level_rows["groups"],
-            fig_dir / "cascade.png",
-            cfg.representation,
-            within_run=cfg.within_run,
-            n_boot=cfg.bootstrap,
-            confidence=cfg.confidence,
-            seed=cfg.seed,
+        cascade["groups"] = guard_cascade(
+            plot_cascade(
+                level_rows["groups"],
+                fig_dir / "cascade.png",
+                cfg.representation,
+                within_run=cfg.within_run,
+                n_boot=cfg.bootstrap,
+                confidence=cfg.confidence,
+                seed=cfg.seed,
+            )
         )
         figs["cascade"] = fig_dir / "cascade.png"
     if len(level_rows["communities"]) >= 3:
