@@ -96,17 +96,32 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class SweepRule:
+    """``[[sweep.where]]``: dotted overrides for the points whose values match.
+
+    E.g. ``match = {"strategy.name" = "cascade"}``, ``set = {"strategy.options.warmup_rounds" = 2}``
+    (options only one strategy has), or a learning rate chosen per strategy on validation data.
+    """
+
+    match: dict[str, Any] = param(doc="dotted key -> value a point must have")
+    set: dict[str, Any] = param(doc="dotted key -> value applied to matching points")
+    quick_only: bool = param(False, doc="apply only under --quick")
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     """``[sweep]``: a grid of runs over dotted config keys.
 
     ``grid`` maps a dotted key (e.g. ``"privacy.target_epsilon"``) to the list of values to
     try; the sweep runs the Cartesian product. ``quick`` holds dotted overrides that shrink every
-    run to smoke-test size, and ``quick_grid`` replaces grid axes under ``--quick``.
+    run to smoke-test size, ``quick_grid`` replaces grid axes under ``--quick``, and ``where``
+    rules set keys only for the points that match.
     """
 
     grid: dict[str, list[Any]] = param(default_factory=dict)
     quick: dict[str, Any] = param(default_factory=dict)
     quick_grid: dict[str, list[Any]] = param(default_factory=dict)
+    where: tuple[SweepRule, ...] = param(default_factory=tuple)
 
     def validate(self, key: str) -> None:
         for k, values in {**self.grid, **self.quick_grid}.items():

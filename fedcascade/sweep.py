@@ -59,6 +59,15 @@ def _slug(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.\-]+", "-", f"{short}-{value}")
 
 
+def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def expand(
     raw: Mapping[str, Any], quick: bool = False, extra_overrides: Sequence[str] = ()
 ) -> list[SweepPoint]:
@@ -81,12 +90,20 @@ def expand(
             "sweep.grid", {}, "at least one key with a list of values", "a sweep needs a grid"
         )
     keys = list(grid)
+    rules = [r for r in sweep.where if quick or not r.quick_only]
     points = []
     for values in itertools.product(*(grid[k] for k in keys)):
         overrides = tuple(zip(keys, values))
         name = "_".join(_slug(k, v) for k, v in overrides)
+        point = apply_overrides(base, overrides)
+        extra = [
+            kv
+            for r in rules
+            if all(_lookup(point, k) == v for k, v in r.match.items())
+            for kv in r.set.items()
+        ]
         try:
-            cfg = config_from_dict(apply_overrides(base, overrides))
+            cfg = config_from_dict(apply_overrides(point, extra))
         except ConfigError as e:
             raise ConfigError(
                 e.key, e.given, e.allowed, f"in sweep point {name}. {e.why}".strip()
