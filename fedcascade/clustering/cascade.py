@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from scipy.sparse import linalg as sparse_linalg
 
 from fedcascade.clustering._checks import as_matrix, fail
 from fedcascade.clustering.gmm import GMMFit, choose_k, fit_spherical_gmm, gmm_overlap
@@ -188,8 +189,12 @@ def estimate_noise_variance(U: np.ndarray, n_signal: int) -> np.ndarray:
         resid = Uc - (Uc @ vt[:r].T) @ vt[:r]
     else:
         resid = Uc
-    # Centring removes 1/n of every row's noise; rescale so the estimate is unbiased.
-    return (resid**2).sum(axis=1) / ((p - r) * (1.0 - 1.0 / n))
+    r_i = (resid**2).sum(axis=1) / (p - r)
+    if n < 3:
+        return r_i / (1.0 - 1.0 / n)
+    # Centring mixes the rows' noise: E r_i = v_i (1 - 2/n) + sum(v) / n^2. Invert that.
+    total = r_i.sum() / (1.0 - 1.0 / n)
+    return np.maximum((r_i - total / n**2) / (1.0 - 2.0 / n), 0.0)
 
 
 def noise_corrected_gram(U: np.ndarray, v: np.ndarray | None) -> np.ndarray:
@@ -228,6 +233,36 @@ def noise_edge(n: int, p: int, margin: float = 0.25) -> float:
     return float((1.0 + margin) * 2.0 * math.sqrt(n * p))
 
 
+def _top_eigh(
+    M: np.ndarray, m: int, start: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Largest ``m`` eigenpairs of the symmetric ``M`` (descending) and a block to warm-start from.
+
+    A full ``eigh`` costs ~1-2 s at n = 1000 while the embedding needs only a handful of top
+    pairs: big matrices use Lanczos (ARPACK) once, then - while HeteroPCA changes only the
+    diagonal - a few steps of block subspace iteration from the previous eigenvectors with
+    Rayleigh-Ritz extraction (oversampled by 8 vectors), which converges in 4 products.
+    """
+    n = M.shape[0]
+    m = int(min(max(m, 1), n))
+    if n <= 300 or m >= n // 4:
+        vals, vecs = np.linalg.eigh(M)
+        return vals[::-1][:m], vecs[:, ::-1][:, :m], None
+    if start is None:
+        v0 = np.ones(n) / math.sqrt(n)  # deterministic start vector: reproducible results
+        k = min(m + 8, n - 1)
+        vals, vecs = sparse_linalg.eigsh(M, k=k, which="LA", v0=v0, tol=1e-10)
+        order = np.argsort(vals)[::-1]
+        return vals[order][:m], vecs[:, order][:, :m], vecs[:, order]
+    Q = start
+    for _ in range(4):
+        Q, _ = np.linalg.qr(M @ Q)
+    T = Q.T @ M @ Q
+    vals, small = np.linalg.eigh((T + T.T) / 2.0)
+    vecs = Q @ small[:, ::-1]
+    return vals[::-1][:m], vecs[:, :m], vecs
+
+
 def spectral_embedding(
     U: np.ndarray,
     v: np.ndarray,
@@ -235,7 +270,8 @@ def spectral_embedding(
     *,
     margin: float = 0.25,
     d_min: int = 1,
-    n_iter: int = 8,
+    n_iter: int = 10,
+    noise_known: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Embed communities in the signal subspace of the whitened, noise-corrected Gram matrix.
 
@@ -254,11 +290,14 @@ def spectral_embedding(
        rows of ``E`` the distances between the communities' true mean updates. No row's own
        noise enters its embedding through the diagonal.
 
+    ``noise_known=False`` (``v`` was estimated) re-counts the rank at every imputation step
+    instead of trusting the corrected diagonal's count.
+
     Returns
     -------
     E : ndarray, shape (n, d)
-    eigenvalues : ndarray, shape (n,)
-        Eigenvalues of the final imputed ``G_w``, descending.
+    eigenvalues : ndarray
+        The ``d_max + 1`` largest eigenvalues of the final imputed ``G_w``, descending.
     edge : float
         The noise edge used.
     d : int
@@ -275,21 +314,31 @@ def spectral_embedding(
     w = 1.0 / np.sqrt(vw)
     Gw = G * w[:, None] * w[None, :]
     Gw = (Gw + Gw.T) / 2.0
+    diag = np.diag_indices(n)
     edge = noise_edge(n, p, margin) if pos.size else 0.0
     d_hi = max(d_min, min(int(d_max), n - 1 if n > 1 else 1))
-    diag = np.diag_indices(n)
+    m = d_hi + 1  # one more than can be used, to see where the spectrum falls below the edge
+    # With a known noise level the corrected diagonal is unbiased, and the number of
+    # eigenvalues above the edge it gives is the rank to impute with (it keeps weak clusters
+    # near the edge). With an estimated noise level a row whose noise was under-estimated has
+    # too large a diagonal entry, which a rank-d fit would keep as a spurious direction of its
+    # own: then the rank is re-counted at every step of the imputation.
+    vals, vecs, block = _top_eigh(Gw, m)
+    rank = int(np.clip(np.sum(vals > edge), d_min, d_hi)) if noise_known else d_hi
+    # Impute from a deleted diagonal (HeteroPCA's initialisation): a diagonal entry inflated by
+    # a community's own deviation from its cluster is not carried into the fit.
+    Gw[diag] = 0.0
     for _ in range(max(int(n_iter), 1)):
-        vals, vecs = np.linalg.eigh(Gw)
-        vals, vecs = vals[::-1], vecs[:, ::-1]
-        d = int(np.clip(np.sum(vals > edge), d_min, d_hi))
-        low = (vecs[:, :d] * np.clip(vals[:d], 0.0, None)) @ vecs[:, :d].T
+        vals, vecs, block = _top_eigh(Gw, m, block)
+        if not noise_known:
+            rank = int(np.clip(np.sum(vals > edge), d_min, d_hi))
+        low = (vecs[:, :rank] * np.clip(vals[:rank], 0.0, None)) @ vecs[:, :rank].T
         new_diag = np.diag(low)
         if np.allclose(new_diag, Gw[diag], rtol=1e-6, atol=1e-9 * max(abs(vals[0]), 1e-300)):
             break
         Gw[diag] = new_diag
-    vals, vecs = np.linalg.eigh(Gw)
-    vals, vecs = vals[::-1], vecs[:, ::-1]
-    d = int(np.clip(np.sum(vals > edge), d_min, d_hi))
+    vals, vecs, _ = _top_eigh(Gw, m, block)
+    d = int(np.clip(np.sum(vals > edge), d_min, rank))
     E = np.sqrt(vw)[:, None] * vecs[:, :d] * np.sqrt(np.clip(vals[:d], 0.0, None))[None, :]
     return E, vals, edge, d
 
@@ -327,8 +376,8 @@ def cascade_cluster(
         trained from the same model in a round, with the same LoRA rank.
     noise_scales : float, array (n,), array (rounds, n) or None
         Per-coordinate std of the DP noise in each update
-        (:func:`~fedcascade.clustering.updates.dp_update_noise_std`). ``None`` estimates it from
-        the residual outside the top ``k_max - 1`` components.
+        (:func:`~fedcascade.clustering.updates.dp_update_noise_std`). ``None`` estimates it with
+        :func:`estimate_noise_variance` (within ~25%; prefer the known value).
     k_max : int
         Largest number of clusters considered.
     seed : int
@@ -352,6 +401,7 @@ def cascade_cluster(
     ClusterResult
     """
     U, v = combine_rounds(update_history, noise_scales)
+    noise_known = v is not None
     n, p = U.shape
     if int(k_max) != k_max or k_max < 1:
         fail("k_max", k_max, "an integer >= 1")
@@ -361,9 +411,12 @@ def cascade_cluster(
     if criterion not in ("bic", "silhouette", "edge"):
         fail("criterion", criterion, "'bic', 'silhouette' or 'edge'")
     if v is None:
-        v = estimate_noise_variance(U, max(k_max - 1, 1))
+        # One direction only: projecting out more lets noisy rows lose their own noise along
+        # directions fitted to them (under-estimates, then spurious clusters); leaving weak signal
+        # in the residual over-estimates slightly, which errs towards fewer clusters.
+        v = estimate_noise_variance(U, 1)
     d_cap = max((k if k is not None else k_max) - 1, 1)
-    E, eigvals, edge, d = spectral_embedding(U, v, d_cap, margin=margin)
+    E, eigvals, edge, d = spectral_embedding(U, v, d_cap, margin=margin, noise_known=noise_known)
     n_above = int(np.sum(eigvals > edge))
     scores: dict[int, float] = {}
     # Every point of the embedding carries at least the smallest client's noise variance per
@@ -436,11 +489,18 @@ def assign_by_update(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Assign new or late communities to existing clusters from their DP-protected updates.
 
-    Each cluster ``c`` is modelled as ``N(centroid_c, (v + cvar_c + spread_c) I_p)`` for an
-    update with noise variance ``v``; the posterior over clusters (uniform prior) follows from the
-    Gaussian log-likelihoods. This uses only the community's DP update (trained from the same
-    model as the warm-up updates), so it is post-processing and costs no privacy budget -
-    unlike an accuracy-based choice, which must go through report-noisy-max.
+    For an update ``u`` with noise variance ``v`` per coordinate and cluster ``c`` (centroid noise
+    ``cvar_c``, heterogeneity ``spread_c``), the noise-corrected squared distance
+
+        D_c = |u - centroid_c|^2 - p (v + cvar_c + spread_c)
+
+    estimates how far the community's true mean update is from the cluster's beyond what a
+    member would be (0 for a member on average). The community joins ``argmin D_c``; the
+    posterior ``softmax(-D_c / (2 (v + cvar_c + spread_c)))`` is its Gaussian likelihood without
+    the log-determinant, which in ``p`` dimensions would otherwise swamp the comparison. Only the
+    community's DP update is used (trained from the same model as the warm-up updates), so this is
+    post-processing and costs no privacy - unlike an accuracy-based choice, which must go through
+    report-noisy-max.
 
     Parameters
     ----------
@@ -461,14 +521,14 @@ def assign_by_update(
         fail("updates", X, f"{result.centroids.shape[1]} columns like the clustered updates")
     s = np.broadcast_to(np.asarray(noise_scales, float), (m,))
     var = s[:, None] ** 2 + result.centroid_noise_var[None, :] + result.spread_var[None, :]
-    var = np.maximum(var, 1e-300)
     d2 = (
         (X**2).sum(axis=1)[:, None]
         - 2.0 * X @ result.centroids.T
         + (result.centroids**2).sum(axis=1)[None, :]
     )
-    loglik = -0.5 * d2 / var - 0.5 * p * np.log(var)
-    loglik -= loglik.max(axis=1, keepdims=True)
-    post = np.exp(loglik)
+    D = d2 - p * var
+    logit = -D / (2.0 * np.maximum(var, 1e-300))
+    logit -= logit.max(axis=1, keepdims=True)
+    post = np.exp(logit)
     post /= post.sum(axis=1, keepdims=True)
-    return post.argmax(axis=1), post
+    return D.argmin(axis=1), post
