@@ -160,6 +160,10 @@ def test_simulation_on_a_two_node_ray_cluster_uses_both_nodes(ray_cluster, tmp_p
         f"simulation.ray_address={ray_cluster['address']!r}".replace("'", '"'),
         "--set",
         "simulation.num_cpus_per_client=1",
+        # One round trains all three communities at once on the two one-CPU nodes, so each
+        # node's actor gets at least one of them.
+        "--set",
+        "train.rounds=1",
     ]
     res = subprocess.run(
         cmd,
