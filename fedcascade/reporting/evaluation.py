@@ -16,7 +16,8 @@ the other: load a cluster's arrays, compute everything for its communities, move
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,7 @@ def evaluate_run(run: RunDir, config: MetricsConfig | None = None) -> RunEvaluat
         None when the data or the models cannot be rebuilt; the reason is added to
         ``run.notes``.
     """
-    from fedcascade.metrics.robustness import adversarial_predictions, noisy_predictions
-    from fedcascade.models import embed, evaluate, get_backbone
+    from fedcascade.models import get_backbone
 
     cfg_m = config if config is not None else MetricsConfig()
     fed = federation_of(run)
@@ -256,19 +256,64 @@ def evaluate_run(run: RunDir, config: MetricsConfig | None = None) -> RunEvaluat
     if not by_cluster:
         return None
 
-    from fedcascade.community_runtime import model_at_rank
-
     cfg = run.config
-    backbone = get_backbone(
-        cfg.model, fed.input_shape, fed.n_classes, fed.public_x, fed.public_y, cfg.seed
-    )
+    with _torch_threads(cfg.simulation.torch_threads):
+        # From the disk cache the run wrote; pretrained again (deterministic) if it is gone.
+        backbone = get_backbone(
+            cfg.model, fed.input_shape, fed.n_classes, fed.public_x, fed.public_y, cfg.seed
+        )
+        return _evaluate(run, cfg, cfg_m, fed, backbone, models, by_cluster)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads (the run's own setting), then restore the caller's.
+
+    The models are small: on a shared machine one thread is many times faster than the
+    default of one per core, which contends with every other process.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _model_at_rank(cfg: Any, backbone: Any, rank: int, arrays: Mapping[str, np.ndarray]) -> Any:
+    """The cached adapter model at ``rank`` with ``arrays`` loaded.
+
+    What :func:`fedcascade.community_runtime.model_at_rank` does (same caches), without
+    importing the Flower message layer into a report.
+    """
+    from fedcascade.models import cached_adapter_model, load_trainable_arrays
+
+    model = cached_adapter_model(backbone, cfg.model, rank, cfg.seed)
+    load_trainable_arrays(model, arrays)
+    return model
+
+
+def _evaluate(
+    run: RunDir,
+    cfg: Any,
+    cfg_m: MetricsConfig,
+    fed: Any,
+    backbone: Any,
+    models: Mapping[int, tuple[int, dict[str, np.ndarray]]],
+    by_cluster: Mapping[int, list[int]],
+) -> RunEvaluation:
+    from fedcascade.metrics.robustness import adversarial_predictions, noisy_predictions
+    from fedcascade.models import embed, evaluate
+
     names = fed.sub_distribution_names
     comm = {c.community_id: c for c in fed.communities}
     parts: dict[int, dict[str, Any]] = {}
     bs = cfg_m.batch_size
     for cluster, ids in sorted(by_cluster.items()):
         rank, arrays = models[cluster]
-        model = model_at_rank(cfg, rank, arrays)
+        model = _model_at_rank(cfg, backbone, rank, arrays)
         x_test = np.concatenate([comm[c].x_test.numpy() for c in ids])
         y_test = np.concatenate([comm[c].y_test.numpy() for c in ids])
         res = evaluate(model, x_test, y_test, bs)
@@ -372,12 +417,20 @@ def predict_records(
     Used for multiplicity: the models of several seeds predict the same records (those of one
     reference run). Returns None when ``run`` has no usable models (a note says why).
     """
-    from fedcascade.community_runtime import model_at_rank
     from fedcascade.metrics.robustness import predict
+    from fedcascade.models import get_backbone
 
     if run.config is None:
         run.note("multiplicity", "the config could not be loaded")
         return None
+    fed = federation_of(run, "multiplicity")
+    if fed is None:
+        return None
+    cfg = run.config
+    with _torch_threads(cfg.simulation.torch_threads):
+        backbone = get_backbone(
+            cfg.model, fed.input_shape, fed.n_classes, fed.public_x, fed.public_y, cfg.seed
+        )
     models = load_cluster_models(run.path)
     table = run.cluster_of()
     out = np.full(len(community_ids), -1, dtype=np.int64)
@@ -387,7 +440,9 @@ def predict_records(
             continue
         rank, arrays = models[cluster]
         mask = np.isin(community_ids, [c for c in needed if table.get(c, (None,))[0] == cluster])
-        out[mask] = predict(model_at_rank(run.config, rank, arrays), inputs[mask], batch_size)
+        with _torch_threads(cfg.simulation.torch_threads):
+            model = _model_at_rank(cfg, backbone, rank, arrays)
+            out[mask] = predict(model, inputs[mask], batch_size)
     if (out < 0).any():
         run.note("multiplicity", "some communities have no saved model in this run")
         return None
