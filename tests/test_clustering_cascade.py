@@ -15,8 +15,11 @@ p = 5000 adapter parameters; the 3 minority communities hold 150 records, the 18
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from fedcascade.clustering import (
     adjusted_rand,
@@ -36,6 +39,13 @@ P = 5000
 SIGMA_RDPCFL = {1.0: 9.908, 3.0: 3.740, 8.0: 1.719}
 SIGMA_CASCADE = {1.0: 11.279, 3.0: 4.218, 8.0: 1.886}
 WARMUP = 3
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread() -> Iterator[None]:
+    # Small matrices: multi-threaded BLAS only adds contention on a shared machine (8x slower).
+    with threadpool_limits(1):
+        yield
 
 
 def _cascade_run(eps: float, seed: int, signal: float = 0.3) -> tuple[float, int, bool]:

@@ -233,6 +233,10 @@ def noise_edge(n: int, p: int, margin: float = 0.25) -> float:
     return float((1.0 + margin) * 2.0 * math.sqrt(n * p))
 
 
+#: Below this many communities (or when most eigenpairs are needed) a dense ``eigh`` is used.
+DENSE_EIGH_MAX_N = 300
+
+
 def _top_eigh(
     M: np.ndarray, m: int, start: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -245,7 +249,7 @@ def _top_eigh(
     """
     n = M.shape[0]
     m = int(min(max(m, 1), n))
-    if n <= 300 or m >= n // 4:
+    if n <= DENSE_EIGH_MAX_N or m >= n // 4:
         vals, vecs = np.linalg.eigh(M)
         return vals[::-1][:m], vecs[:, ::-1][:, :m], None
     if start is None:
