@@ -24,8 +24,11 @@ def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True}
     if sim.ray_address:
         init_args["address"] = sim.ray_address
-    elif sim.ray_num_cpus:
-        init_args["num_cpus"] = sim.ray_num_cpus
+    else:
+        # a Ray started for one run stays on loopback: nothing of it listens on the network
+        init_args["_node_ip_address"] = "127.0.0.1"
+        if sim.ray_num_cpus:
+            init_args["num_cpus"] = sim.ray_num_cpus
     return {
         "client_resources": {
             "num_cpus": sim.num_cpus_per_client,

@@ -547,52 +547,56 @@ class FedcascadeStrategy(Strategy):
 
 
 def discover_communities(
-    grid: Grid, experiment_toml: str, n_communities: int, timeout: float
+    grid: Grid, experiment_toml: str, n_communities: int, timeout: float, poll: float = 2.0
 ) -> list[CommunityInfo]:
     """Ask every node which communities it serves; map community ids to node ids.
+
+    Deployed SuperNodes connect at their own pace, so new nodes are asked until every community
+    is served or ``min(timeout, 300)`` seconds have passed.
 
     Raises
     ------
     ConfigError
-        If the nodes do not serve every community exactly once.
+        If two nodes serve one community, or some community is still unserved at the deadline.
     """
-    # Wait briefly for nodes to register (deployed SuperNodes may still be connecting).
-    deadline = time.time() + min(timeout, 120)
-    node_ids = list(grid.get_node_ids())
-    while not node_ids and time.time() < deadline:
-        time.sleep(0.5)
-        node_ids = list(grid.get_node_ids())
+    deadline = time.time() + min(timeout, 300)
     content = RecordDict(
         {P.CONFIG: ConfigRecord({"experiment": experiment_toml, "action": "info"})}
     )
-    msgs = [Message(content=content, message_type="query", dst_node_id=n) for n in node_ids]
     found: dict[int, CommunityInfo] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
-        if reply.has_error():
-            log(
-                WARNING,
-                "node %s failed the info query: %s",
-                reply.metadata.src_node_id,
-                reply.error.reason,
-            )
-            continue
-        info = reply.content[P.INFO]
-        for cid, ntr, nv, nte in zip(
-            info["community-ids"], info["n-train"], info["n-val"], info["n-test"]
-        ):
-            if int(cid) in found:
-                raise ConfigError(
-                    "community-id", int(cid), "each community served by exactly one SuperNode"
+    asked: set[int] = set()
+    while True:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        asked.update(new)
+        msgs = [Message(content=content, message_type="query", dst_node_id=n) for n in new]
+        for reply in grid.send_and_receive(msgs, timeout=timeout) if msgs else []:
+            if reply.has_error():
+                log(
+                    WARNING,
+                    "node %s failed the info query: %s",
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
                 )
-            found[int(cid)] = CommunityInfo(
-                int(cid), reply.metadata.src_node_id, int(ntr), int(nv), int(nte)
+                continue
+            info = reply.content[P.INFO]
+            for cid, ntr, nv, nte in zip(
+                info["community-ids"], info["n-train"], info["n-val"], info["n-test"]
+            ):
+                if int(cid) in found:
+                    raise ConfigError(
+                        "community-id", int(cid), "each community served by exactly one SuperNode"
+                    )
+                found[int(cid)] = CommunityInfo(
+                    int(cid), reply.metadata.src_node_id, int(ntr), int(nv), int(nte)
+                )
+        missing = sorted(set(range(n_communities)) - set(found))
+        if not missing:
+            return [found[c] for c in sorted(found)]
+        if time.time() >= deadline:
+            raise ConfigError(
+                "data.n_communities",
+                n_communities,
+                f"communities served by the connected nodes ({len(asked)} nodes)",
+                f"no node serves communities {missing[:10]} (is every SuperNode up and registered?)",
             )
-    missing = sorted(set(range(n_communities)) - set(found))
-    if missing:
-        raise ConfigError(
-            "data.n_communities",
-            n_communities,
-            f"communities served by the connected nodes ({len(node_ids)} nodes)",
-            f"no node serves communities {missing[:10]}",
-        )
-    return [found[c] for c in sorted(found)]
+        time.sleep(poll)
