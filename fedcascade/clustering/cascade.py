@@ -1,17 +1,20 @@
 """Cascade clustering: DP-noise-aware clustering of client updates with automatic k.
 
 See ``docs/method.md`` for the derivation. In short, with ``u_i`` the (warm-up averaged) update of
-community ``i`` and ``v_i`` the known per-coordinate variance of its DP noise,
+community ``i`` and ``v_i`` the known per-coordinate variance of its DP noise:
 
 * ``E <u_i, u_j> = <g_i, g_j>`` for ``i != j`` but ``E |u_i|^2 = |g_i|^2 + p v_i``: the noise only
   biases the diagonal of the Gram matrix, so subtracting ``p v_i`` there gives an unbiased
-  estimate of the signal Gram matrix (noise-aware distances);
-* the centred, corrected Gram matrix has ``k - 1`` eigenvalues carried by the ``k`` cluster means
-  and a noise bulk whose edge is ``~ 2 sqrt(p max_i v_i sum_j v_j)``; the eigenvectors above the
-  edge give a low-dimensional embedding in which each cluster is a small spherical Gaussian
-  (noise variance ``v_i`` per axis instead of ``p v_i`` in total);
-* a spherical GMM over ``k = 1 .. k_max`` in that embedding, chosen by BIC, gives the number of
-  clusters, soft posteriors and an overlap (for R-DPCFL's soft phase).
+  estimate of the signal Gram matrix (noise-aware distances, :func:`noise_corrected_gram`);
+* whitened by the noise (row ``i`` divided by ``sqrt(v_i)``), the noise part of that matrix has
+  its eigenvalues below ``~ 2 sqrt(n p)`` while clusters add eigenvalues above it; the diagonal
+  is re-imputed from the low-rank part (HeteroPCA) so that non-DP variance cannot fake
+  directions, and the top eigenvectors give a low-dimensional embedding in which each community
+  carries noise ``v_i`` per axis instead of ``p v_i`` in total (:func:`spectral_embedding`);
+* no eigenvalue above the edge means one cluster; otherwise spherical GMMs for
+  ``k = 2 .. k_max`` in the embedding, ``k`` by silhouette, give labels, posteriors and an
+  overlap (for R-DPCFL's soft phase) (:func:`cascade_cluster`);
+* late communities are assigned from their own DP update (:func:`assign_by_update`).
 
 Everything here is post-processing of DP-protected updates: it costs no privacy.
 """
@@ -414,6 +417,8 @@ def cascade_cluster(
         fail("k", k, f"an integer between 1 and the number of communities ({n})")
     if criterion not in ("bic", "silhouette", "edge"):
         fail("criterion", criterion, "'bic', 'silhouette' or 'edge'")
+    if not float(margin) >= 0.0:
+        fail("margin", margin, "a number >= 0")
     if v is None:
         # One direction only: projecting out more lets noisy rows lose their own noise along
         # directions fitted to them (under-estimates, then spurious clusters); leaving weak signal

@@ -110,6 +110,8 @@ def fit_spherical_gmm(
     if int(k) != k or not 1 <= k <= n:
         fail("k", k, f"an integer between 1 and the number of points ({n})")
     k = int(k)
+    if k == 1:
+        return _one_component(Z, reg_covar)
     gm = GaussianMixture(
         n_components=k,
         covariance_type="spherical",
@@ -135,6 +137,26 @@ def fit_spherical_gmm(
         labels=post.argmax(axis=1),
         bic=bic,
         converged=bool(gm.converged_),
+    )
+
+
+def _one_component(Z: np.ndarray, reg_covar: float) -> GMMFit:
+    """The k = 1 fit in closed form (scikit-learn refuses a single point)."""
+    n, d = Z.shape
+    mean = Z.mean(axis=0)
+    var = float(((Z - mean) ** 2).sum() / (n * d)) + reg_covar
+    loglik = -0.5 * n * d * (math.log(2 * math.pi * var) + 1.0)
+    if var > reg_covar:  # the exact log-likelihood at the (floored) ML variance
+        loglik = -0.5 * (((Z - mean) ** 2).sum() / var + n * d * math.log(2 * math.pi * var))
+    bic = -2.0 * loglik + (d + 1) * math.log(n)
+    return GMMFit(
+        means=mean[None, :],
+        variances=np.array([var]),
+        weights=np.ones(1),
+        posteriors=np.ones((n, 1)),
+        labels=np.zeros(n, dtype=int),
+        bic=float(bic),
+        converged=True,
     )
 
 
