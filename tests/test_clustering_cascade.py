@@ -192,3 +192,10 @@ def test_cluster_recovery_flags_the_minority() -> None:
     merged = np.where(y == 0, 1, y)
     rec = cluster_recovery(y, merged)
     assert not rec["minority_recovered"] and rec["k_found"] == 2 and rec["ari"] < 1
+
+
+def test_tiny_federations_get_one_cluster() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3):
+        res = cascade_cluster(rng.standard_normal((n, 50)), 1.0, k_max=5, seed=0)
+        assert res.k == 1 and res.labels.tolist() == [0] * n

@@ -112,3 +112,15 @@ def test_rdpcfl_recovers_clusters_in_its_own_setting() -> None:
     assert res.posteriors.shape == (21, 4)
     assert 0.0 <= res.max_overlap < 0.5
     assert res.switch_round == rdpcfl_switch_round(res.max_overlap, 50)
+
+
+def test_single_component_fit_matches_scikit_learn_and_accepts_one_point() -> None:
+    from sklearn.mixture import GaussianMixture
+
+    Z = np.random.default_rng(0).standard_normal((30, 3))
+    fit = fit_spherical_gmm(Z, 1, 0)
+    gm = GaussianMixture(1, covariance_type="spherical").fit(Z)
+    assert fit.bic == pytest.approx(gm.bic(Z), rel=1e-9)
+    np.testing.assert_allclose(fit.variances, gm.covariances_, rtol=1e-6)
+    one = fit_spherical_gmm(Z[:1], 1, 0)
+    assert one.labels.tolist() == [0] and one.posteriors.shape == (1, 1)
