@@ -542,6 +542,10 @@ def cascade_lines(tbl: Sequence[Mapping[str, Any]], confidence: float) -> list[s
     )
 
 
+def _plural(n: Any, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def _notes_for(analysis: Mapping[str, Any], *sections: str) -> list[str]:
     return [
         f"> Skipped/partial ({n['section']}): {n['message']}"
@@ -566,7 +570,8 @@ def run_markdown(
         "",
         f"Strategy **{label}** (`{a.get('strategy')}`), "
         + (f"private at target ε = {fmt(eps)}" if a.get("private") else "not private")
-        + f", seed {a.get('seed')}, {a.get('rounds')} rounds, {a.get('n_communities')} communities.",
+        + f", seed {a.get('seed')}, {_plural(a.get('rounds'), 'round')}, "
+        f"{_plural(a.get('n_communities'), 'community', 'communities')}.",
         "",
     ]
     head = a["headline"]
