@@ -30,6 +30,8 @@ __all__ = [
     "run_figures",
     "write_run_report",
     "metrics_config",
+    "cascade_for",
+    "guard_cascade",
     "SECTIONS",
 ]
 
@@ -271,7 +273,8 @@ def guard_cascade(tbl: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _cascade(rows: list[dict], cfg: MetricsConfig) -> list[dict[str, Any]]:
+def cascade_for(rows: list[dict], cfg: MetricsConfig) -> list[dict[str, Any]]:
+    """The cascade table of ``rows`` with the settings of ``cfg``, guarded for few units."""
     return guard_cascade(
         cascade_table(
             rows,
@@ -395,7 +398,7 @@ def analyse_run(
         if cascade:
             for level in ("groups", "communities"):
                 rows = report_rows({"groups": views[level]}, run=run.name)
-                out["cascade"][level] = _cascade(rows, cfg)
+                out["cascade"][level] = cascade_for(rows, cfg)
     out["notes"] = [{"section": n.section, "message": n.message} for n in run.notes]
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -31,8 +31,8 @@ from fedcascade.reporting import plots
 from fedcascade.reporting.jsonsafe import dumps
 from fedcascade.reporting.markdown import as_float, fmt_mean_std, mean_std, table
 from fedcascade.reporting.run_report import (
-    _cascade,
     analyse_run,
+    cascade_for,
     cascade_lines,
     guard_cascade,
     metrics_config,
@@ -512,7 +512,7 @@ def write_sweep_report(
         )
         figs["cascade"] = fig_dir / "cascade.png"
     if len(level_rows["communities"]) >= 3:
-        cascade["communities"] = _cascade(level_rows["communities"], cfg)
+        cascade["communities"] = cascade_for(level_rows["communities"], cfg)
     gaps, gap_cols = _gaps_table(sweep, analyses)
     mult = _multiplicity_table(sweep, analyses)
 
