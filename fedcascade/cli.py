@@ -153,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Our matrices are small: multithreaded BLAS on a shared 2-core machine made them 5-8x
+    # slower (measured in benchmarks/bench_clustering.py). Set before numpy is first imported;
+    # Ray workers inherit it.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     handler = {"run": _run, "sweep": _sweep, "report": _report, "strategies": _strategies}[
         args.command
     ]

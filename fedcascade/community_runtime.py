@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from fedcascade.config import ExperimentConfig, config_digest, config_from_dict
 from fedcascade.data import Federation, build_federation, load_community
@@ -33,6 +34,10 @@ from fedcascade.models import (
 )
 from fedcascade.privacy import PrivacyLedger, default_delta, train_dp
 from fedcascade.protocol import STATUS_BUDGET, STATUS_OK, TrainInstruction
+
+# Small matrices: one BLAS thread per worker is faster than contending for the machine's cores
+# (deployed ClientApps do not go through the CLI, which sets the same limit).
+threadpool_limits(1)
 
 # Opacus' hooks on the first adapter layer (whose input needs no gradient) make torch warn on
 # every backward pass; it is expected and harmless here, and would flood every client's log.
