@@ -23,6 +23,7 @@ import tomli_w
 from fedcascade.configtools import build, check, param, to_dict
 from fedcascade.data import DataConfig
 from fedcascade.errors import ConfigError
+from fedcascade.metrics.config import MetricsConfig
 from fedcascade.models import ModelConfig
 from fedcascade.privacy import PrivacyConfig
 
@@ -142,6 +143,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = param(default_factory=StrategyConfig)
     simulation: SimulationConfig = param(default_factory=SimulationConfig)
     output: OutputConfig = param(default_factory=OutputConfig)
+    metrics: MetricsConfig = param(default_factory=MetricsConfig)
     sweep: SweepConfig = param(default_factory=SweepConfig)
 
     def validate(self, key: str) -> None:
