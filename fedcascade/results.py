@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedcascade.errors import ConfigError
 
 COMMUNITY_COLUMNS = [
@@ -175,3 +177,28 @@ def majority_group(evals: Mapping[str, float]) -> str | None:
     """The group holding most of a community's test records (its ``group`` column)."""
     totals = {k.split("/", 1)[1]: v for k, v in evals.items() if k.startswith("group-total/")}
     return max(totals, key=lambda g: (totals[g], g)) if totals else None
+
+
+def save_models(
+    run_dir: Path, clusters: Mapping[int, tuple[int, Mapping[str, np.ndarray]]]
+) -> None:
+    """``DIR/models/cluster-K.npz``: each cluster's final adapter arrays with its rank, so reports
+    can rebuild every community's model (the backbone comes from the config, cached on disk)."""
+    models = Path(run_dir) / "models"
+    models.mkdir(exist_ok=True)
+    for k, (rank, arrays) in clusters.items():
+        np.savez(models / f"cluster-{k}.npz", __rank__=np.array(rank), **arrays)
+
+
+def load_models(run_dir: Path) -> dict[int, tuple[int, dict[str, np.ndarray]]]:
+    """Inverse of :func:`save_models`: ``{cluster id: (rank, arrays)}`` (files not named
+    ``cluster-<int>.npz`` are ignored)."""
+    out: dict[int, tuple[int, dict[str, np.ndarray]]] = {}
+    for path in sorted((Path(run_dir) / "models").glob("cluster-*.npz")):
+        try:
+            cid = int(path.stem.split("-", 1)[1])
+        except ValueError:
+            continue
+        with np.load(path) as z:
+            out[cid] = (int(z["__rank__"]), {k: z[k] for k in z.files if k != "__rank__"})
+    return out

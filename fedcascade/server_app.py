@@ -17,7 +17,6 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -29,6 +28,7 @@ from fedcascade.results import (
     group_accuracies,
     majority_group,
     prepare_run_dir,
+    save_models,
     weighted_accuracy,
 )
 from strategies.base import StrategyContext, discover_communities
@@ -163,25 +163,6 @@ def summarise(
     }
 
 
-def save_models(run_dir: Path, strategy: Any) -> None:
-    """``DIR/models/cluster-K.npz``: each cluster's final adapter arrays (rank inside), so
-    reports can rebuild every community's model (backbone from the config, cached on disk)."""
-    models = run_dir / "models"
-    models.mkdir(exist_ok=True)
-    for k, cluster in strategy.clusters.items():
-        np.savez(models / f"cluster-{k}.npz", __rank__=np.array(cluster.rank), **cluster.arrays)
-
-
-def load_models(run_dir: Path) -> dict[int, tuple[int, dict[str, np.ndarray]]]:
-    """Inverse of :func:`save_models`: {cluster id: (rank, arrays)}."""
-    out = {}
-    for path in sorted((run_dir / "models").glob("cluster-*.npz")):
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files if k != "__rank__"}
-            out[int(path.stem.split("-")[1])] = (int(z["__rank__"]), arrays)
-    return out
-
-
 def run_on_grid(
     grid: Grid,
     cfg: ExperimentConfig,
@@ -219,7 +200,7 @@ def run_on_grid(
     )
     strategy = cls(ctx)
     strategy.run(grid)
-    save_models(run_dir, strategy)
+    save_models(run_dir, {k: (c.rank, c.arrays) for k, c in strategy.clusters.items()})
     rows = community_rows(strategy, truth)
     writer.write_communities(rows)
     writer.write_summary(summarise(strategy, rows, truth, time.perf_counter() - t0))

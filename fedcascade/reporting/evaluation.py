@@ -26,6 +26,7 @@ import numpy as np
 
 from fedcascade.metrics import MembershipArrays, MetricsConfig, RunArrays, noise_key
 from fedcascade.reporting.rundir import RunDir
+from fedcascade.results import load_models
 
 __all__ = [
     "RunEvaluation",
@@ -144,21 +145,8 @@ class RunEvaluation:
 
 
 def load_cluster_models(run_dir: Path) -> dict[int, tuple[int, dict[str, np.ndarray]]]:
-    """``{cluster id: (rank, arrays)}`` from ``run_dir/models/cluster-K.npz``.
-
-    Same format as :func:`fedcascade.server_app.save_models`; read here without importing the
-    Flower server app.
-    """
-    out: dict[int, tuple[int, dict[str, np.ndarray]]] = {}
-    for path in sorted((Path(run_dir) / "models").glob("cluster-*.npz")):
-        try:
-            cid = int(path.stem.split("-", 1)[1])
-        except ValueError:
-            continue
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files if k != "__rank__"}
-            out[cid] = (int(z["__rank__"]), arrays)
-    return out
+    """``{cluster id: (rank, arrays)}`` from ``run_dir/models/cluster-K.npz``."""
+    return load_models(run_dir)
 
 
 def federation_of(run: RunDir, section: str = "records") -> Any:
