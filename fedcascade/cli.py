@@ -90,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("dir", metavar="DIR", help="run or sweep directory")
 
+    select = sub.add_parser(
+        "select",
+        help="pick a hyperparameter per strategy from a tuning sweep's VALIDATION metric",
+        description="Print [[sweep.where]] rules choosing, for each value of --by, the --param value "
+        "with the best mean --metric in SWEEP_DIR/sweep.csv (ties: closest to --default).",
+    )
+    select.add_argument("dir", metavar="SWEEP_DIR", help="a finished sweep directory")
+    select.add_argument("--by", default="strategy.name", help="grid key to choose separately for")
+    select.add_argument("--param", default="train.lr", help="grid key being chosen")
+    select.add_argument("--metric", default="val_accuracy", help="sweep.csv column to maximise")
+    select.add_argument("--default", type=float, default=0.1, help="preferred value on ties")
+
     sub.add_parser("strategies", help="list the registered strategies")
     return p
 
@@ -140,6 +152,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select(args: argparse.Namespace) -> int:
+    from fedcascade.sweep import select_best, where_rules
+
+    best = select_best(Path(args.dir), args.by, args.param, args.metric, args.default)
+    print(f"# chosen on {args.metric} by `fedcascade select {args.dir}`")
+    print(where_rules(best, args.by, args.param))
+    return 0
+
+
 def _strategies(args: argparse.Namespace) -> int:
     from strategies.registry import BUILTIN, resolve_strategy
 
@@ -158,9 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ray workers inherit it.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    handler = {"run": _run, "sweep": _sweep, "report": _report, "strategies": _strategies}[
-        args.command
-    ]
+    handler = {
+        "run": _run,
+        "sweep": _sweep,
+        "report": _report,
+        "select": _select,
+        "strategies": _strategies,
+    }[args.command]
     try:
         return handler(args)
     except FedcascadeError as e:

@@ -257,3 +257,57 @@ def write_tables(points: Sequence[SweepPoint], out_dir: Path) -> list[dict[str, 
         lines.append("| " + " | ".join(cells) + " |")
     (out_dir / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return rows
+
+
+def select_best(
+    sweep_dir: Path,
+    by: str,
+    param_key: str,
+    metric: str = "val_accuracy",
+    default: float | None = None,
+) -> dict[str, Any]:
+    """For each value of ``by`` (e.g. the strategy), the ``param_key`` value whose runs have the
+    highest mean ``metric`` in ``sweep_dir/sweep.csv``.
+
+    Ties go to the value closest to ``default``. Meant for validation metrics only: choosing on
+    the test split would leak into the reported numbers.
+
+    Raises
+    ------
+    ConfigError
+        If ``sweep.csv`` is missing or lacks one of the named columns.
+    """
+    path = Path(sweep_dir) / "sweep.csv"
+    if not path.is_file():
+        raise ConfigError("SWEEP_DIR", str(sweep_dir), "a sweep directory holding sweep.csv")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for col in (by, param_key, metric):
+        if rows and col not in rows[0]:
+            raise ConfigError(
+                "--by/--param/--metric", col, f"a column of sweep.csv: {sorted(rows[0])}"
+            )
+    scores: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r[metric] not in ("", None):
+            scores.setdefault((r[by], r[param_key]), []).append(float(r[metric]))
+    best: dict[str, Any] = {}
+    for group in dict.fromkeys(g for g, _ in scores):
+        options = [(statistics.mean(v), p) for (g, p), v in scores.items() if g == group]
+        tie = (lambda p: -abs(float(p) - default)) if default is not None else (lambda p: 0.0)
+        _, chosen = max(options, key=lambda t: (t[0], tie(t[1])))
+        best[group] = tomllib.loads(f"v = {chosen}")["v"] if chosen else chosen
+    return best
+
+
+def where_rules(best: Mapping[str, Any], by: str, param_key: str) -> str:
+    """``[[sweep.where]]`` TOML rules setting ``param_key`` per value of ``by``."""
+    out = []
+    for group, value in best.items():
+        out += [
+            "[[sweep.where]]",
+            f'match = {{ "{by}" = "{group}" }}',
+            f'set = {{ "{param_key}" = {value!r} }}',
+            "",
+        ]
+    return "\n".join(out)
