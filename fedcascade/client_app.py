@@ -10,14 +10,15 @@ from flwr.clientapp import ClientApp
 
 from fedcascade import protocol as P
 from fedcascade.community_runtime import (
+    community_data,
     evaluate_community,
     experiment_from_toml,
+    node_data_path,
     select_cluster,
     served_communities,
     train_community,
     worker_id,
 )
-from fedcascade.data import load_community
 
 app = ClientApp()
 
@@ -27,6 +28,13 @@ def _state_dir(context: Context) -> str | None:
     return str(value) if value else None
 
 
+def _data_kwargs(context: Context) -> dict[str, str]:
+    # Passed only when the node has its own file, so wrappers of the runtime functions written
+    # before data-path existed (tests, plug-ins) keep working on simulated nodes.
+    path = node_data_path(context.node_config)
+    return {"data_path": path} if path else {}
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """``info``: which communities this node serves; ``select``: a private cluster choice."""
@@ -34,7 +42,8 @@ def query(msg: Message, context: Context) -> Message:
         return _select(msg, context)
     cfg = experiment_from_toml(str(msg.content[P.CONFIG]["experiment"]))
     ids = served_communities(context.node_config, cfg.data.n_communities)
-    communities = [load_community(cfg.data, cfg.seed, c) for c in ids]
+    data_path = node_data_path(context.node_config)
+    communities = [community_data(cfg, c, data_path) for c in ids]
     info = ConfigRecord(
         {
             "community-ids": [c.community_id for c in communities],
@@ -42,6 +51,9 @@ def query(msg: Message, context: Context) -> Message:
             "n-val": [c.n_val for c in communities],
             "n-test": [c.n_test for c in communities],
             "worker": worker_id(),
+            # records from the node's own file: the server's copy of [data] does not describe
+            # them, so its evaluation-only ground truth does not apply to them
+            "local-data": [bool(data_path)] * len(communities),
         }
     )
     return Message(RecordDict({P.INFO: info}), reply_to=msg)
@@ -60,6 +72,7 @@ def _select(msg: Message, context: Context) -> Message:
         float(conf["epsilon"]),
         int(conf["seed"]),
         _state_dir(context),
+        **_data_kwargs(context),
     )
     info = {"community-id": int(conf["community-id"]), "status": out.status, "worker": worker_id()}
     if out.choice is not None:
@@ -74,7 +87,11 @@ def train(msg: Message, context: Context) -> Message:
     instr = P.TrainInstruction.from_record(msg.content[P.CONFIG])
     cfg = experiment_from_toml(instr.experiment)
     out = train_community(
-        cfg, instr, P.record_to_arrays(msg.content[P.ARRAYS]), _state_dir(context)
+        cfg,
+        instr,
+        P.record_to_arrays(msg.content[P.ARRAYS]),
+        _state_dir(context),
+        **_data_kwargs(context),
     )
     content = RecordDict(
         {
@@ -102,7 +119,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     instr = P.TrainInstruction.from_record(msg.content[P.CONFIG])
     cfg = experiment_from_toml(instr.experiment)
     split = str(instr.extra.get("split", "test"))
-    metrics = evaluate_community(cfg, instr, P.record_to_arrays(msg.content[P.ARRAYS]), split)
+    arrays = P.record_to_arrays(msg.content[P.ARRAYS])
+    metrics = evaluate_community(cfg, instr, arrays, split, **_data_kwargs(context))
     content = RecordDict(
         {
             P.METRICS: P.metrics_record(metrics),

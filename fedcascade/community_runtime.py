@@ -22,8 +22,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from fedcascade.config import ExperimentConfig, config_digest, config_from_dict
-from fedcascade.data import Federation, build_federation, load_community
-from fedcascade.errors import PrivacyBudgetExceeded
+from fedcascade.data import Community, Federation, build_federation, load_community
+from fedcascade.data.local import load_local_community
+from fedcascade.errors import MISSING, ConfigError, PrivacyBudgetExceeded
 from fedcascade.models import (
     cached_adapter_model,
     evaluate,
@@ -58,12 +59,40 @@ def served_communities(node_config: Mapping[str, Any], n_communities: int) -> li
     A node with ``community-id`` serves exactly that community (deployment: one SuperNode per
     community). A simulated node with ``partition-id`` p of ``num-partitions`` P serves every
     community c with c mod P == p, so `flwr run .` works with any number of SuperNodes.
+
+    Raises
+    ------
+    ConfigError
+        If the node has its own data file (``data-path``) but no ``community-id``.
     """
     if "community-id" in node_config:
         return [int(node_config["community-id"])]
+    if node_data_path(node_config):
+        raise ConfigError(
+            "community-id (node config)",
+            MISSING,
+            "an integer community id next to data-path, e.g. community-id=0 "
+            'data-path="/data/community.csv"',
+            "a node's file holds exactly one community, so the node must say which",
+        )
     p = int(node_config.get("partition-id", 0))
     n_parts = int(node_config.get("num-partitions", 1))
     return [c for c in range(n_communities) if c % n_parts == p]
+
+
+def node_data_path(node_config: Mapping[str, Any]) -> str | None:
+    """The node's own data file (node config ``data-path``), if it has one."""
+    value = node_config.get("data-path")
+    return str(value) if value else None
+
+
+def community_data(cfg: ExperimentConfig, community_id: int, data_path: str | None) -> Community:
+    """A community's records: from the node's ``data-path`` file when given (a deployed
+    community with real data, encoded like the experiment's reference csv file), else from the
+    experiment's ``[data]`` section (simulation)."""
+    if data_path:
+        return load_local_community(cfg.data, cfg.seed, community_id, data_path)
+    return load_community(cfg.data, cfg.seed, community_id)
 
 
 def worker_id() -> str:
@@ -175,6 +204,7 @@ def train_community(
     instr: TrainInstruction,
     arrays: Mapping[str, np.ndarray],
     state_dir: str | None = None,
+    data_path: str | None = None,
 ) -> TrainOutcome:
     """Run one block of (DP-)SGD for one community and account for it.
 
@@ -182,7 +212,7 @@ def train_community(
     refused (status ``budget_exhausted``), the arrays come back unchanged and nothing is spent.
     """
     torch.set_num_threads(cfg.simulation.torch_threads)
-    community = load_community(cfg.data, cfg.seed, instr.community_id)
+    community = community_data(cfg, instr.community_id, data_path)
     private = instr.plan is not None
     ledger = open_ledger(cfg, instr.community_id, community.n_train, state_dir) if private else None
     if ledger is not None:
@@ -220,10 +250,11 @@ def evaluate_community(
     instr: TrainInstruction,
     arrays: Mapping[str, np.ndarray],
     split: str = "test",
+    data_path: str | None = None,
 ) -> dict[str, float]:
     """Loss, accuracy and per-group correct/total counts of the community's ``split``."""
     torch.set_num_threads(cfg.simulation.torch_threads)
-    community = load_community(cfg.data, cfg.seed, instr.community_id)
+    community = community_data(cfg, instr.community_id, data_path)
     x, y, groups = {
         "test": (community.x_test, community.y_test, community.groups_test),
         "val": (community.x_val, community.y_val, community.groups_val),
@@ -271,6 +302,7 @@ def select_cluster(
     seed: int,
     state_dir: str | None = None,
     loss_clip: float = 5.0,
+    data_path: str | None = None,
 ) -> SelectOutcome:
     """Pick the best cluster model on the community's own training data, privately.
 
@@ -281,7 +313,7 @@ def select_cluster(
     """
     from fedcascade.clustering import report_noisy_max
 
-    community = load_community(cfg.data, cfg.seed, community_id)
+    community = community_data(cfg, community_id, data_path)
     private = math.isfinite(epsilon)  # epsilon = inf: a non-private run picks the exact best
     ledger = open_ledger(cfg, community_id, community.n_train, state_dir) if private else None
     if ledger is not None:
