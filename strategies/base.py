@@ -115,6 +115,27 @@ def average_arrays(arrays: list[Mapping[str, np.ndarray]], weights: Iterable[flo
     }
 
 
+def dp_update_norm_bound(
+    plan: DPPlan, n_train: int, n_params: int, lr: float, tail: float = 10.0
+) -> float:
+    """A bound on the norm of a DP-SGD round update that honest training never exceeds.
+
+    Each of the ``T`` steps moves the trainable tensors by ``lr / (q n)`` times the sum of at most
+    ``n`` clipped gradients (norm <= n C) plus Gaussian noise N(0, sigma^2 C^2 I_p), whose norm
+    exceeds ``sigma C (sqrt(p) + tail)`` with probability below exp(-tail^2 / 2) (Gaussian
+    concentration; 2e-22 for tail 10). So ``|update| <= T lr C (n + sigma (sqrt(p) + tail)) / (q n)``.
+    Plain SGD without momentum, as :func:`fedcascade.privacy.train_dp` runs it.
+    """
+    c = plan.max_grad_norm or 0.0
+    per_step = (
+        lr
+        * c
+        * (n_train + plan.noise_multiplier * (math.sqrt(n_params) + tail))
+        / (plan.sample_rate * n_train)
+    )
+    return plan.steps * per_step
+
+
 class FedcascadeStrategy(Strategy):
     """Base class of every fedcascade strategy (see the module docstring for the hooks)."""
 
@@ -159,6 +180,7 @@ class FedcascadeStrategy(Strategy):
         self.workers: dict[int, str] = {}
         self.budget_exhausted: set[int] = set()
         self._participants: dict[int, list[int]] = {}
+        self._sent: dict[int, P.TrainInstruction] = {}  # this round's train instructions
 
     @property
     def is_private(self) -> bool:
@@ -365,6 +387,8 @@ class FedcascadeStrategy(Strategy):
     ) -> Message:
         """A train/evaluate message for ``community`` carrying its cluster's arrays."""
         instr = self.instruction(community, server_round, **extra)
+        if kind == "train":
+            self._sent[community.community_id] = instr
         content = P.instruction_content(self.clusters[instr.cluster_id].arrays, instr)
         return Message(content=content, message_type=kind, dst_node_id=community.node_id)
 
@@ -410,14 +434,9 @@ class FedcascadeStrategy(Strategy):
                     e,
                 )
                 continue
-            expected = self.clusters[reply.cluster_id].arrays
-            if set(reply.arrays) != set(expected) or any(
-                reply.arrays[k].shape != expected[k].shape for k in expected
-            ):
-                log(WARNING, "train reply of community %s has wrong adapter shapes; dropped", cid)
-                continue
-            if not all(np.isfinite(v).all() for v in reply.arrays.values()):
-                log(WARNING, "train reply of community %s has non-finite values; dropped", cid)
+            problem = self.reply_problem(reply)
+            if problem:
+                log(WARNING, "train reply of community %s dropped: %s", cid, problem)
                 continue
             self.privacy[cid] = reply.privacy
             self.workers[cid] = reply.worker
@@ -427,6 +446,32 @@ class FedcascadeStrategy(Strategy):
                 continue
             good.append(reply)
         return good
+
+    def reply_problem(self, reply: Reply) -> str | None:
+        """Why a reply cannot be aggregated (None if it can): names, shapes, dtypes, finite
+        values, and an update norm within what the DP plan allows (:func:`dp_update_norm_bound`)."""
+        expected = self.clusters[reply.cluster_id].arrays
+        if set(reply.arrays) != set(expected):
+            return f"adapter tensors {sorted(set(reply.arrays) ^ set(expected))[:4]} do not match the cluster's"
+        for k, ref in expected.items():
+            got = reply.arrays[k]
+            if got.shape != ref.shape or got.dtype != ref.dtype:
+                return f"{k} is {got.dtype}{list(got.shape)}, expected {ref.dtype}{list(ref.shape)}"
+            if not np.isfinite(got).all():
+                return f"{k} has non-finite values"
+        instr = self._sent.get(reply.community_id)
+        if instr is not None and instr.plan is not None and reply.status == P.STATUS_OK:
+            norm = math.sqrt(
+                sum(
+                    float(np.sum((reply.arrays[k].astype(np.float64) - v) ** 2))
+                    for k, v in expected.items()
+                )
+            )
+            p = sum(v.size for v in expected.values())
+            bound = dp_update_norm_bound(instr.plan, reply.n_train, p, instr.lr)
+            if norm > bound:
+                return f"update norm {norm:.4g} exceeds the bound {bound:.4g} its DP plan allows"
+        return None
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -140,3 +140,75 @@ def test_ledger_refuses_overspending_and_the_run_says_so(tmp_path):
         ) == pytest.approx(eps, rel=1e-6)
     # the last round had no one left to train
     assert rounds_of(run_dir)[-1]["participants"] == []
+
+
+@pytest.mark.parametrize(
+    "poison, reason",
+    [
+        (lambda a: {k: np.zeros((2, 2), np.float32) for k in a}, "expected"),  # wrong shapes
+        (lambda a: {k: v.astype(np.float64) for k, v in a.items()}, "float64"),  # wrong dtype
+        (lambda a: {k: v * 1e6 for k, v in a.items()}, "bound"),  # finite, but no DP plan allows it
+    ],
+)
+def test_bad_replies_are_dropped_with_a_reason(tmp_path, monkeypatch, caplog, poison, reason):
+    real = community_runtime.train_community
+
+    def bad(cfg, instr, arrays, state_dir=None):
+        out = real(cfg, instr, arrays, state_dir)
+        if instr.community_id == 1:
+            out.arrays = poison(out.arrays)
+            if reason == "bound":  # keep zeros zero: scale the update, not the init
+                out.arrays = {
+                    k: arrays[k] + (v / 1e6 - arrays[k]) * 1e6 for k, v in out.arrays.items()
+                }
+        return out
+
+    monkeypatch.setattr("fedcascade.client_app.train_community", bad)
+    run_dir, _ = run(tmp_path, "train.rounds=1")
+    assert rounds_of(run_dir)[0]["participants"] == [0, 2, 3]
+    assert any(
+        "community 1 dropped" in r.getMessage() and reason in r.getMessage() for r in caplog.records
+    )
+
+
+def test_honest_updates_stay_within_the_dp_norm_bound(tmp_path, caplog):
+    run_dir, _ = run(tmp_path, "train.rounds=2", "train.lr=0.5")
+    assert all(r["participants"] == [0, 1, 2, 3] for r in rounds_of(run_dir))
+    assert not any("dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_cascade_recovers_planted_clusters_and_follows_its_formulas(tmp_path):
+    from fedcascade.clustering import cluster_precision, cluster_ranks, gdp_mu
+
+    run_dir, _ = run(
+        tmp_path, 'strategy.name="cascade"', "train.rounds=4", "strategy.options.warmup_rounds=2"
+    )
+    rounds = rounds_of(run_dir)
+    assert [r["phase"] for r in rounds] == ["warm-up", "clustered", "clustered", "clustered"]
+    last = rounds[-1]
+    assert last["ari"] == 1.0 and last["k"] == 2
+    rows = rows_of(run_dir)
+    # rank rule: r_k = clip(round(r_max (Pi_k / max Pi)^gamma), r_min, r_max), Pi_k = sum N_i^2 mu_i^2
+    n = np.array([int(r["n_train"]) for r in rows])
+    labels = np.array([int(r["cluster"]) for r in rows])
+    cfg = load_config(TINY)
+    mu = np.array([gdp_mu(3.0 * (1 - 0.0), float(r["delta"])) for r in rows])
+    ranks = cluster_ranks(cluster_precision(n, labels, mu), 1, cfg.model.lora_rank, 0.5)
+    assert {str(k): int(v) for k, v in enumerate(ranks)} == last["cluster_ranks"]
+    assert all(int(r["lora_rank"]) == ranks[int(r["cluster"])] for r in rows)
+    # the whole run, warm-up and re-planned rest together, stays within every budget
+    assert all(float(r["epsilon"]) <= 3.0 + 1e-9 for r in rows)
+
+
+def test_cascade_ablation_switches_scaling_off(tmp_path):
+    run_dir, _ = run(
+        tmp_path,
+        'strategy.name="cascade"',
+        "train.rounds=3",
+        "strategy.options.warmup_rounds=2",
+        "strategy.options.rank_scaling=false",
+        "strategy.options.noise_scaling=false",
+    )
+    last = rounds_of(run_dir)[-1]
+    assert set(last["cluster_ranks"].values()) == {2}  # model.lora_rank everywhere
+    assert last["participants"] == [0, 1, 2, 3]  # every cluster trains every round
