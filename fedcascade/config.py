@@ -10,7 +10,6 @@ validation.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -263,8 +262,3 @@ def config_digest(cfg: ExperimentConfig, *sections: str) -> str:
     if sections:
         d = {s: d.get(s) for s in sections} | {"seed": cfg.seed}
     return hashlib.sha256(tomli_w.dumps(d).encode()).hexdigest()[:16]
-
-
-def replace(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    """``dataclasses.replace`` for the frozen experiment config."""
-    return dataclasses.replace(cfg, **changes)
