@@ -231,19 +231,23 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentCo
     ConfigError
         If the file cannot be read or parsed, or anything in it is invalid.
     """
+    raw = apply_overrides(read_toml(path), [parse_override(o) for o in overrides])
+    return config_from_dict(raw)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed experiment file; a missing, unreadable or malformed file is a ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError("CONFIG", str(path), "the path of an existing experiment TOML file")
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(
             "CONFIG", str(path), "a valid TOML file", f"TOML parse error: {e}"
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError("CONFIG", str(path), "a readable UTF-8 text file", str(e)) from None
-    raw = apply_overrides(raw, [parse_override(o) for o in overrides])
-    return config_from_dict(raw)
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcascade.config import ExperimentConfig, apply_overrides, config_from_dict, parse_override
+from fedcascade.config import (
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    parse_override,
+    read_toml,
+)
 from fedcascade.configtools import to_dict
 from fedcascade.errors import ConfigError
 
@@ -116,16 +122,7 @@ def load_sweep(
     path: str | Path, quick: bool = False, overrides: Sequence[str] = ()
 ) -> list[SweepPoint]:
     """Read an experiment TOML and expand its sweep."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("CONFIG", str(path), "the path of an existing experiment TOML file")
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(
-            "CONFIG", str(path), "a valid TOML file", f"TOML parse error: {e}"
-        ) from None
-    return expand(raw, quick, overrides)
+    return expand(read_toml(path), quick, overrides)
 
 
 def _numeric_extras(summary: Mapping[str, Any]) -> dict[str, float]:
