@@ -187,6 +187,13 @@ def run_on_grid(
         grid, toml_text, cfg.data.n_communities, cfg.train.timeout_seconds
     )
     truth = ground_truth(cfg)
+    # communities training on their node's own file (deployment data-path) have no ground truth
+    # here: the server's data is only a public reference file
+    truth = {
+        c: t
+        for c, t in truth.items()
+        if not any(i.community_id == c and i.local_data for i in communities)
+    }
     ctx = StrategyContext(
         cfg=cfg,
         options=options,

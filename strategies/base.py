@@ -61,6 +61,8 @@ class CommunityInfo:
     n_train: int
     n_val: int
     n_test: int
+    #: the node trains on its own file (deployment ``data-path``), not the experiment's data
+    local_data: bool = False
 
 
 @dataclass
@@ -624,15 +626,20 @@ def discover_communities(
                 )
                 continue
             info = reply.content[P.INFO]
-            for cid, ntr, nv, nte in zip(
-                info["community-ids"], info["n-train"], info["n-val"], info["n-test"]
+            local = (
+                list(info["local-data"])
+                if "local-data" in info
+                else [False] * len(info["community-ids"])
+            )
+            for cid, ntr, nv, nte, loc in zip(
+                info["community-ids"], info["n-train"], info["n-val"], info["n-test"], local
             ):
                 if int(cid) in found:
                     raise ConfigError(
                         "community-id", int(cid), "each community served by exactly one SuperNode"
                     )
                 found[int(cid)] = CommunityInfo(
-                    int(cid), reply.metadata.src_node_id, int(ntr), int(nv), int(nte)
+                    int(cid), reply.metadata.src_node_id, int(ntr), int(nv), int(nte), bool(loc)
                 )
         missing = sorted(set(range(n_communities)) - set(found))
         if not missing:

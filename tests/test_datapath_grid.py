@@ -124,6 +124,10 @@ def test_every_community_trains_on_its_own_file(tmp_path, strategy):
         assert r["status"] == "ok" and 0 < float(r["epsilon"]) <= 3.0 + 1e-6
         # the community's delta comes from its own file's size (default: below 1/n_train)
         assert float(r["delta"]) < 1.0 / n_train
+        # the server's reference file says nothing about a node's data: no ground truth claimed
+        assert r["sub_distribution"] == "" and r["name"] == ""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ari"] is None and summary["accuracy_by_sub_distribution"] == {}
     # Evaluation ran on each node's own validation and test splits.
     evaluated: dict[int, set[int]] = {}
     for m in grid.replies:
