@@ -36,6 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcascade import protocol as P
+from fedcascade.clustering import weighted_average
 from fedcascade.config import ExperimentConfig, dump_config
 from fedcascade.configtools import build
 from fedcascade.errors import ConfigError
@@ -105,16 +106,7 @@ class StrategyContext:
 
 def average_arrays(arrays: list[Mapping[str, np.ndarray]], weights: Iterable[float]) -> Arrays:
     """Weighted average of same-shaped named arrays (weights need not sum to one)."""
-    w = np.asarray(list(weights), dtype=np.float64)
-    if len(arrays) == 0 or w.sum() <= 0:
-        raise ValueError("average_arrays needs at least one array set with positive weight")
-    w = w / w.sum()
-    return {
-        k: sum(wi * np.asarray(a[k], dtype=np.float64) for wi, a in zip(w, arrays)).astype(
-            arrays[0][k].dtype
-        )
-        for k in arrays[0]
-    }
+    return weighted_average(arrays, list(weights))
 
 
 def dp_update_norm_bound(
