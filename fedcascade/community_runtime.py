@@ -33,7 +33,7 @@ from fedcascade.models import (
     load_trainable_arrays,
     trainable_arrays,
 )
-from fedcascade.privacy import PrivacyLedger, default_delta, train_dp
+from fedcascade.privacy import PrivacyLedger, train_dp
 from fedcascade.protocol import STATUS_BUDGET, STATUS_OK, TrainInstruction
 
 # Small matrices: one BLAS thread per worker is faster than contending for the machine's cores
@@ -150,11 +150,6 @@ def initial_arrays(cfg: ExperimentConfig, rank: int, seed: int) -> dict[str, np.
     )
 
 
-def community_delta(cfg: ExperimentConfig, n_train: int) -> float:
-    """The delta of a community: the configured one, or the default below 1/n_train."""
-    return cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(n_train)
-
-
 def ledger_path(cfg: ExperimentConfig, community_id: int, state_dir: str | None) -> Path:
     """Where a community's privacy ledger lives.
 
@@ -177,7 +172,7 @@ def open_ledger(
     return PrivacyLedger(
         ledger_path(cfg, community_id, state_dir),
         target_epsilon=cfg.privacy.target_epsilon,
-        delta=community_delta(cfg, n_train),
+        delta=cfg.privacy.delta_for(n_train),
         accountant=cfg.privacy.accountant,
     )
 

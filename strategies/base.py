@@ -40,7 +40,7 @@ from fedcascade.clustering import weighted_average
 from fedcascade.config import ExperimentConfig, dump_config
 from fedcascade.configtools import build
 from fedcascade.errors import ConfigError
-from fedcascade.privacy import DPPlan, calibrate_noise_multiplier, default_delta
+from fedcascade.privacy import DPPlan, calibrate_noise_multiplier
 
 Arrays = dict[str, np.ndarray]
 
@@ -165,7 +165,6 @@ class FedcascadeStrategy(Strategy):
         self.assignment: dict[int, int] = {}
         self.rng = np.random.default_rng(self.cfg.seed + 17)
         self.experiment_toml = dump_config(self.cfg)
-        self._sigma_cache: dict[tuple[float, int, float], float] = {}
         self._round_train: dict[str, Any] = {}
         self._round_eval: dict[str, Any] = {}
         self.last_eval: dict[int, dict[str, float]] = {}
@@ -236,23 +235,18 @@ class FedcascadeStrategy(Strategy):
         return self.cfg.privacy.target_epsilon - self.selection_epsilon
 
     def noise_multiplier(self, community: CommunityInfo) -> float:
-        """Smallest sigma whose planned schedule meets the community's training epsilon."""
-        schedule = tuple(self.planned_schedule(community))
-        delta = self.delta(community)
-        key = (delta, hash(schedule), self.training_epsilon)
-        if key not in self._sigma_cache:
-            self._sigma_cache[key] = calibrate_noise_multiplier(
-                self.training_epsilon, delta, list(schedule), self.cfg.privacy.accountant
-            )
-        return self._sigma_cache[key]
+        """Smallest sigma whose planned schedule meets the community's training epsilon
+        (calibration is cached by the privacy layer)."""
+        return calibrate_noise_multiplier(
+            self.training_epsilon,
+            self.delta(community),
+            self.planned_schedule(community),
+            self.cfg.privacy.accountant,
+        )
 
     def delta(self, community: CommunityInfo) -> float:
-        """The community's delta (configured, or the default below 1/n_train)."""
-        return (
-            self.cfg.privacy.delta
-            if self.cfg.privacy.delta is not None
-            else default_delta(community.n_train)
-        )
+        """The community's delta: the configured one, or the default below 1/n_train."""
+        return self.cfg.privacy.delta_for(community.n_train)
 
     def plan(self, community: CommunityInfo, server_round: int) -> DPPlan | None:
         """This round's DP plan for ``community`` (None when training is non-private)."""
