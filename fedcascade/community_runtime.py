@@ -115,10 +115,28 @@ def federation(cfg: ExperimentConfig) -> Federation:
 # Per-process caches keyed by a digest of the sections that determine them (the config itself
 # holds dicts, so it is not hashable).
 _BACKBONES: dict[str, torch.nn.Module] = {}
+# config_digest serialises the whole config (~0.5 ms); a worker sees the same (frozen) config
+# object every round, so digests are remembered per object. The config is kept in the value so
+# that its id cannot be reused by another object while the entry exists.
+_DIGESTS: dict[tuple[int, tuple[str, ...]], tuple[ExperimentConfig, str]] = {}
+_DIGESTS_MAX = 256
+
+
+def _digest(cfg: ExperimentConfig, *sections: str) -> str:
+    """:func:`config_digest`, remembered per config object."""
+    key = (id(cfg), sections)
+    hit = _DIGESTS.get(key)
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    if len(_DIGESTS) >= _DIGESTS_MAX:
+        _DIGESTS.clear()  # sweeps build many configs; a worker only ever uses a few at a time
+    digest = config_digest(cfg, *sections)
+    _DIGESTS[key] = (cfg, digest)
+    return digest
 
 
 def _backbone(cfg: ExperimentConfig) -> torch.nn.Module:
-    key = config_digest(cfg, "data", "model")
+    key = _digest(cfg, "data", "model")
     if key not in _BACKBONES:
         fed = federation(cfg)
         _BACKBONES[key] = get_backbone(
@@ -160,21 +178,39 @@ def ledger_path(cfg: ExperimentConfig, community_id: int, state_dir: str | None)
     base = Path(state_dir) if state_dir else cfg.run_dir.resolve() / "ledgers"
     return (
         base
-        / f"{cfg.name}-{config_digest(cfg, 'data', 'privacy', 'train', 'strategy')}"
+        / f"{cfg.name}-{_digest(cfg, 'data', 'privacy', 'train', 'strategy')}"
         / f"community-{community_id}.json"
     )
 
 
+#: Open ledgers of this process, by file: a handle re-reads its file only when another process
+#: wrote it since (see PrivacyLedger), so reusing it saves opening and parsing it every round.
+_LEDGERS: dict[tuple[Path, float, float, str], PrivacyLedger] = {}
+
+
 def open_ledger(
-    cfg: ExperimentConfig, community_id: int, n_train: int, state_dir: str | None
+    cfg: ExperimentConfig,
+    community_id: int,
+    n_train: int,
+    state_dir: str | None,
+    horizon_steps: int = 0,
 ) -> PrivacyLedger:
-    """The community's persistent ledger (created on first use)."""
-    return PrivacyLedger(
-        ledger_path(cfg, community_id, state_dir),
-        target_epsilon=cfg.privacy.target_epsilon,
-        delta=cfg.privacy.delta_for(n_train),
-        accountant=cfg.privacy.accountant,
-    )
+    """The community's persistent ledger (created on first use, then reused by this process).
+
+    ``horizon_steps`` (the run's planned DP-SGD steps) only sizes the PRV grid once for the
+    whole run; see :class:`~fedcascade.privacy.PrivacyLedger`.
+    """
+    path = ledger_path(cfg, community_id, state_dir)
+    budget = (cfg.privacy.target_epsilon, cfg.privacy.delta_for(n_train), cfg.privacy.accountant)
+    key = (path, *budget)
+    ledger = _LEDGERS.get(key)
+    if ledger is None or not path.exists():  # a deleted file starts afresh, as before
+        ledger = PrivacyLedger(
+            path, target_epsilon=budget[0], delta=budget[1], accountant=budget[2]
+        )
+        _LEDGERS[key] = ledger
+    ledger.horizon_steps = max(ledger.horizon_steps, horizon_steps)
+    return ledger
 
 
 #: what a non-private community reports instead of a ledger summary
@@ -209,7 +245,10 @@ def train_community(
     torch.set_num_threads(cfg.simulation.torch_threads)
     community = community_data(cfg, instr.community_id, data_path)
     private = instr.plan is not None
-    ledger = open_ledger(cfg, instr.community_id, community.n_train, state_dir) if private else None
+    ledger = None
+    if private:
+        horizon = cfg.train.rounds * instr.plan.steps  # the run's planned steps at this plan
+        ledger = open_ledger(cfg, instr.community_id, community.n_train, state_dir, horizon)
     if ledger is not None:
         try:
             ledger.record(instr.plan)

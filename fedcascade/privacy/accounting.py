@@ -98,7 +98,11 @@ def _check_accountant(accountant: str) -> str:
 
 
 def compute_epsilon(
-    blocks: Sequence[Sequence[float]], delta: float, accountant: str = "prv"
+    blocks: Sequence[Sequence[float]],
+    delta: float,
+    accountant: str = "prv",
+    *,
+    horizon_steps: int = 0,
 ) -> float:
     """Epsilon spent by a history of DP-SGD blocks at ``delta``.
 
@@ -109,30 +113,44 @@ def compute_epsilon(
     delta : float
         In (0, 1).
     accountant : {"prv", "rdp"}
+    horizon_steps : int, optional
+        PRV only: the number of steps the run is planned to reach (e.g. rounds x steps per
+        round). The PRV grid is then sized once for the horizon, so every round of a growing
+        history reuses one discretisation instead of a new one each time the step count passes
+        a power of two. The value stays an upper bound and only gets (slightly) more accurate;
+        it is ignored once the history reaches the horizon.
 
     Returns
     -------
     float
         Epsilon (an upper bound); 0 for an empty history, ``inf`` if any block has noise 0.
-        Cached on the canonical history.
+        Cached on the canonical history (and horizon).
     """
-    return _epsilon(canonical_blocks(blocks), _check_delta(delta), _check_accountant(accountant))
+    canon = canonical_blocks(blocks)
+    accountant = _check_accountant(accountant)
+    if isinstance(horizon_steps, bool) or not isinstance(horizon_steps, int) or horizon_steps < 0:
+        raise ValueError(f"horizon_steps must be an integer >= 0, got {horizon_steps!r}")
+    if accountant != "prv" or horizon_steps <= sum(n for *_, n in canon):
+        horizon_steps = 0  # no effect: share the cache entry with the plain call
+    return _epsilon(canon, _check_delta(delta), accountant, horizon_steps)
 
 
 @lru_cache(maxsize=65536)
-def _epsilon(blocks: tuple[Block, ...], delta: float, accountant: str) -> float:
+def _epsilon(
+    blocks: tuple[Block, ...], delta: float, accountant: str, horizon_steps: int = 0
+) -> float:
     if not blocks:
         return 0.0
     if any(sigma == 0 for _, sigma, _ in blocks):
         return math.inf
     if accountant == "rdp":
         return rdp_epsilon(blocks, delta)
-    return _prv(blocks, delta)
+    return _prv(blocks, delta, horizon_steps)
 
 
-def _prv(blocks: tuple[Block, ...], delta: float) -> float:
+def _prv(blocks: tuple[Block, ...], delta: float, horizon_steps: int = 0) -> float:
     try:
-        eps = prv_epsilon(blocks, delta, PRV_EPS_ERROR)
+        eps = prv_epsilon(blocks, delta, PRV_EPS_ERROR, horizon_steps)
     except (ValueError, RuntimeError) as err:  # numerical failure of the discretisation
         warnings.warn(
             f"PRV accountant failed ({err}); using the RDP bound, which is valid but looser",

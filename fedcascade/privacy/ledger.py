@@ -3,7 +3,22 @@
 A community's guarantee covers the whole run, across rounds and process restarts, so the
 ledger lives in a JSON file that is rewritten atomically (temp file + ``os.replace``) after every
 record, under an advisory file lock so two worker processes cannot interleave a
-check-then-write. Every public method re-reads the file when another process changed it.
+check-then-write. Every public method re-reads the file when another process changed it (its
+inode / mtime / size stamp differs from the one this handle last read or wrote); a handle that
+wrote the file last does not re-read it.
+
+Durability
+----------
+``os.replace`` is atomic: a reader, or a process restarted after a crash (kill -9, OOM, an
+exception anywhere), sees either the previous ledger or the new one, never a half-written file,
+and reloads exactly what was recorded. By default the file is NOT ``fsync``'ed (that costs
+3-5 ms per record, more than a small community's training round): a process crash loses
+nothing, but an operating-system crash or power loss within the kernel's write-back delay
+(seconds) can lose the last record(s), i.e. under-count the last round(s); on filesystems
+without ordered rename (not ext4's default) it can also leave an empty file, which the next
+open reports as a :class:`~fedcascade.errors.DataError` rather than reading it as "nothing
+spent". Pass ``durable=True`` (e.g. a deployed node on hardware that may lose power) to fsync
+the file and its directory on every record.
 
 Composition
 -----------
@@ -61,6 +76,14 @@ class PrivacyLedger:
     delta : float
         In (0, 1).
     accountant : {"prv", "rdp"}
+    horizon_steps : int, optional
+        Planned DP-SGD steps for the whole run (e.g. rounds x steps per round); only sizes the
+        PRV grid once so every round reuses one discretisation (see
+        :func:`~fedcascade.privacy.accounting.compute_epsilon`). Can be raised later through
+        the attribute of the same name.
+    durable : bool, optional
+        ``fsync`` every write (survives power loss); default ``False``, which survives process
+        crashes (see "Durability" above).
 
     Raises
     ------
@@ -71,7 +94,14 @@ class PrivacyLedger:
     """
 
     def __init__(
-        self, path: str | Path | None, target_epsilon: float, delta: float, accountant: str = "prv"
+        self,
+        path: str | Path | None,
+        target_epsilon: float,
+        delta: float,
+        accountant: str = "prv",
+        *,
+        horizon_steps: int = 0,
+        durable: bool = False,
     ) -> None:
         if isinstance(target_epsilon, bool) or not (
             isinstance(target_epsilon, (int, float)) and target_epsilon > 0
@@ -84,6 +114,14 @@ class PrivacyLedger:
         self.target_epsilon = float(target_epsilon)
         self.delta = float(delta)
         self.accountant = accountant
+        if (
+            isinstance(horizon_steps, bool)
+            or not isinstance(horizon_steps, int)
+            or horizon_steps < 0
+        ):
+            raise ConfigError("horizon_steps", horizon_steps, "an integer >= 0")
+        self.horizon_steps = horizon_steps
+        self.durable = bool(durable)
         self.path = Path(path) if path is not None else None
         self._blocks: list[dict[str, Any]] = []
         self._pure: list[dict[str, Any]] = []
@@ -136,7 +174,7 @@ class PrivacyLedger:
         if not isinstance(plan, DPPlan):
             raise TypeError(f"record() needs a DPPlan, got {type(plan).__name__}")
         with self._locked():
-            self._sync(force=True)
+            self._sync()  # under the lock: picks up any other process's write
             if plan.steps == 0:
                 return self._total(self._blocks, self._pure)
             blocks = [*self._blocks, _block_dict(plan)]
@@ -173,7 +211,7 @@ class PrivacyLedger:
         if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon >= 0):
             raise ValueError(f"pure-DP epsilon must be a finite number >= 0, got {epsilon!r}")
         with self._locked():
-            self._sync(force=True)
+            self._sync()  # under the lock: picks up any other process's write
             pure = [*self._pure, {"epsilon": float(epsilon), "what": str(what)}]
             after = self._total(self._blocks, pure)
             self._refuse_if_over(after, f"pure-DP event '{what}' (epsilon {epsilon:g})")
@@ -240,6 +278,7 @@ class PrivacyLedger:
             [(b["sample_rate"], b["noise_multiplier"], b["steps"]) for b in blocks],
             self.delta,
             self.accountant,
+            horizon_steps=self.horizon_steps,
         )
 
     def _total(self, blocks: list[dict[str, Any]], pure: list[dict[str, Any]]) -> float:
@@ -273,9 +312,12 @@ class PrivacyLedger:
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(self._state(), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
+                if self.durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, self.path)  # atomic: readers see the old or the new ledger, never half
+            if self.durable:
+                _fsync_dir(self.path.parent)  # make the rename itself survive power loss
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -285,7 +327,11 @@ class PrivacyLedger:
     def _load(self) -> None:
         assert self.path is not None
         try:
-            state = json.loads(self.path.read_text())
+            with open(self.path, "rb") as f:
+                # the stamp of the very file read (a writer never changes a file in place, it
+                # renames a new one over it), so a write racing this read is seen next time
+                stamp = _stamp_of(os.fstat(f.fileno()))
+                state = json.loads(f.read())
             version = state["fedcascade_privacy_ledger"]
             blocks = [_check_block(b) for b in state["blocks"]]
             pure = [
@@ -321,15 +367,19 @@ class PrivacyLedger:
                     "settings, or start a new run directory",
                 )
         self._blocks, self._pure = blocks, pure
-        self._stamp = _stamp(self.path)
+        self._stamp = stamp
 
-    def _sync(self, force: bool = False) -> None:
-        """Reload if another process rewrote the file since we last read or wrote it."""
+    def _sync(self) -> None:
+        """Reload if another process rewrote the file since we last read or wrote it.
+
+        Every write is a new file renamed into place (a new inode), and a ledger only grows, so
+        an unchanged (inode, mtime, size) stamp means nobody else wrote since.
+        """
         if self.path is None:
             return
-        if force or _stamp(self.path) != self._stamp:
-            if self.path.exists():
-                self._load()
+        stamp = _stamp(self.path)
+        if stamp != self._stamp and stamp is not None:
+            self._load()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -363,10 +413,22 @@ def _check_block(b: dict[str, Any]) -> dict[str, Any]:
     return _block_dict(plan)
 
 
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
-        st = path.stat()
+        return _stamp_of(path.stat())
     except FileNotFoundError:
         return None
+
+
+def _stamp_of(st: os.stat_result) -> tuple[int, int, int]:
     # os.replace gives every write a new inode, so this changes even within one mtime tick
     return (st.st_ino, st.st_mtime_ns, st.st_size)

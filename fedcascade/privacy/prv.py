@@ -11,7 +11,9 @@ Poisson-subsampled Gaussian, its truncation, discretisation and the epsilon read
 
 * the grid is sized for the step count rounded UP to a power of two and a truncation bound
   rounded UP on a sqrt(2) ladder. A finer mesh and a wider interval than Gopi et al. require
-  only make the result more accurate; in exchange the grid stays the same for many rounds;
+  only make the result more accurate; in exchange the grid stays the same for many rounds.
+  Given the run's planned step count (``horizon_steps``), it is sized for that from the first
+  round, so the whole run shares one discretisation;
 * the spectrum (FFT) of each discretised ``(q, sigma)`` is cached per grid, so a new round
   costs one element-wise power and one inverse FFT;
 * heterogeneous blocks are composed in the Fourier domain too (product of spectra), like the
@@ -50,10 +52,22 @@ MAX_GRID = 4_000_000
 Block = tuple[float, float, int]
 
 
-def _grid(blocks: tuple[Block, ...], delta: float, eps_error: float) -> tuple[int, float]:
-    """Half-width (in mesh units) and mesh of a grid valid for ``blocks``; reusable over rounds."""
+def _grid(
+    blocks: tuple[Block, ...], delta: float, eps_error: float, horizon_steps: int = 0
+) -> tuple[int, float]:
+    """Half-width (in mesh units) and mesh of a grid valid for ``blocks``; reusable over rounds.
+
+    With ``horizon_steps`` above the history's step count the grid is sized as if every block
+    were scaled up to that many steps in total: a finer mesh and a wider truncation interval
+    than ``blocks`` need (so still a valid upper bound, only more accurate), and the SAME grid
+    for every prefix of a run that ends at the horizon.
+    """
     delta_error = delta / 1000
     total = sum(n for *_, n in blocks)
+    if horizon_steps > total:
+        # RDP epsilon only grows with the step counts, so this bound covers the real history
+        blocks = tuple((q, s, math.ceil(n * horizon_steps / total)) for q, s, n in blocks)
+        total = sum(n for *_, n in blocks)
     steps_up = 1 << max(0, math.ceil(math.log2(total)))
     # Truncation bound of Gopi et al. (remark 5.6) as Opacus computes it, from the integer RDP
     # orders (a valid, slightly larger bound) and the rounded-up step count.
@@ -115,7 +129,7 @@ def _discretised_spectrum(q: float, sigma: float, n: int, mesh: float) -> tuple[
 
 
 def prv_epsilon(
-    blocks: tuple[Block, ...], delta: float, eps_error: float = EPS_ERROR
+    blocks: tuple[Block, ...], delta: float, eps_error: float = EPS_ERROR, horizon_steps: int = 0
 ) -> float | None:
     """Upper bound on epsilon of the composition of ``blocks`` at ``delta``.
 
@@ -128,6 +142,10 @@ def prv_epsilon(
         In (0, 1).
     eps_error : float
         Error budget of the estimate.
+    horizon_steps : int
+        Size the grid for at least this many steps (e.g. the run's planned total), so that a
+        growing history reuses one discretisation; 0 = size it for ``blocks`` only. Any value
+        gives a valid upper bound; a larger one only a finer (more accurate, slower) grid.
 
     Returns
     -------
@@ -139,7 +157,9 @@ def prv_epsilon(
     ValueError, RuntimeError
         From Opacus' discretisation when it is numerically unreliable.
     """
-    n, mesh = _grid(blocks, delta, eps_error)
+    n, mesh = _grid(blocks, delta, eps_error, horizon_steps)
+    if horizon_steps and 2 * n + 2 > MAX_GRID:  # the horizon asked too much: size for blocks
+        n, mesh = _grid(blocks, delta, eps_error)
     size = 2 * n + 2
     if size > MAX_GRID:
         return None
