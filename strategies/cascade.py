@@ -30,10 +30,16 @@ from fedcascade.clustering import (
     cluster_noise_plan,
     cluster_precision,
     cluster_ranks,
+    combine_rounds,
     dp_update_noise_std,
     flatten_updates,
     gdp_mu,
     truncate_lora,
+)
+from fedcascade.clustering.warmup import (
+    block_slices,
+    select_signal_blocks,
+    warmup_noise_multiplier,
 )
 from fedcascade.configtools import param
 from fedcascade.privacy import DPPlan, calibrate_noise_multiplier
@@ -46,6 +52,21 @@ class CascadeOptions:
 
     warmup_rounds: int = param(
         3, ge=1, le=1000, doc="rounds of global DP-SGD whose updates are clustered"
+    )
+    warmup_budget: float | None = param(
+        0.5,
+        gt=0,
+        lt=1,
+        doc="share of the budget (GDP mu^2) the warm-up spends in full-batch steps; "
+        "None: mini-batch warm-up under the run's single noise multiplier",
+    )
+    warmup_steps: int = param(1, ge=1, le=1000, doc="full-batch DP-SGD steps per warm-up round")
+    warmup_clip: float | None = param(
+        None, gt=0, doc="clipping norm of the warm-up steps (None: privacy.max_grad_norm)"
+    )
+    cluster_on: Literal["signal", "all"] = param(
+        "signal",
+        doc="coordinates clustered: the blocks whose spread beats the DP noise, or every one",
     )
     k_max: int = param(8, ge=1, le=1000, doc="largest number of clusters considered")
     criterion: Literal["bic", "silhouette", "edge"] = param(
@@ -60,7 +81,18 @@ class CascadeOptions:
     r_min: int = param(1, ge=1, doc="smallest LoRA rank a cluster gets")
     rank_gamma: float = param(0.5, ge=0, le=1, doc="exponent of the rank rule r_k ~ Pi_k^gamma")
     min_round_fraction: float = param(
-        0.5, gt=0, le=1, doc="floor on the share of rounds a cluster trains"
+        1.0,
+        gt=0,
+        le=1,
+        doc="floor on the share of rounds a cluster trains (1: every cluster every round)",
+    )
+    sigma_target: float = param(
+        3.0, gt=0, doc="noise multiplier the noise plan raises sample rates to reach"
+    )
+    lr_scaling: bool = param(
+        True,
+        doc="scale the learning rate by the drop in steps per round the noise plan causes "
+        "(linear scaling rule), so bigger batches do not mean less progress",
     )
 
 
@@ -91,6 +123,7 @@ class Cascade(FedcascadeStrategy):
         self.rounds_of: dict[int, list[int]] = {}
         self.weights: dict[int, float] = {}
         self.plans: dict[int, DPPlan] = {}
+        self.lr_factor: dict[int, float] = {}
         self.result = None
 
     # -- privacy ---------------------------------------------------------------------------------
@@ -103,7 +136,27 @@ class Cascade(FedcascadeStrategy):
     def plan(self, community: CommunityInfo, server_round: int) -> DPPlan | None:
         if server_round > self.options.warmup_rounds and community.community_id in self.plans:
             return self.plans[community.community_id]
+        if (
+            server_round <= self.options.warmup_rounds
+            and self.is_private
+            and self.options.warmup_budget is not None
+        ):
+            return self.warmup_plan(community)
         return super().plan(community, server_round)
+
+    def warmup_plan(self, community: CommunityInfo) -> DPPlan:
+        """Full-batch DP-SGD spending ``warmup_budget`` of the GDP budget over the warm-up.
+
+        Full-batch steps compose exactly (no subsampling), so the share is exact in GDP; what
+        is left is re-planned after clustering against the ledger's actual blocks.
+        """
+        o = self.options
+        steps = o.warmup_steps * o.warmup_rounds
+        sigma = warmup_noise_multiplier(
+            self.training_epsilon, self.delta(community), o.warmup_budget, steps
+        )
+        clip = o.warmup_clip if o.warmup_clip is not None else self.cfg.privacy.max_grad_norm
+        return DPPlan(1.0, o.warmup_steps, sigma, clip)
 
     def participants(self, server_round: int) -> list[CommunityInfo]:
         everyone = super().participants(server_round)
@@ -112,6 +165,10 @@ class Cascade(FedcascadeStrategy):
         return [
             c for c in everyone if server_round in self.rounds_of[self.assignment[c.community_id]]
         ]
+
+    def lr(self, community: CommunityInfo, server_round: int) -> float:
+        factor = self.lr_factor.get(community.community_id, 1.0)
+        return self.cfg.train.lr * (factor if server_round > self.options.warmup_rounds else 1.0)
 
     # -- aggregation -------------------------------------------------------------------------------
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
@@ -151,6 +208,16 @@ class Cascade(FedcascadeStrategy):
         ids = sorted(set.intersection(*(set(h) for h in self.history)))
         hist = [np.stack([h[c] for c in ids]) for h in self.history]
         scales = np.array([[n[c] for c in ids] for n in self.noise]) if self.is_private else None
+        self.blocks_used = list(self.clusters[0].arrays)
+        if self.options.cluster_on == "signal" and scales is not None and len(ids) > 1:
+            # post-processing: keep the coordinates whose spread beats the known DP noise
+            U, v = combine_rounds(hist, scales)
+            slices = block_slices(self.clusters[0].arrays)
+            self.blocks_used = select_signal_blocks(U, v, slices)
+            cols = np.concatenate(
+                [np.arange(slices[b].start, slices[b].stop) for b in self.blocks_used]
+            )
+            hist = [h[:, cols] for h in hist]
         self.result = cascade_cluster(
             hist, scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
         )
@@ -208,6 +275,7 @@ class Cascade(FedcascadeStrategy):
             param_counts=param_counts,
             weighting="precision" if scaled else "records",
             min_round_fraction=self.options.min_round_fraction if scaled else 1.0,
+            sigma_target=self.options.sigma_target,
         )
         self.nsr = {"before": plan.nsr_before.tolist(), "after": plan.nsr_after.tolist()}
         self.rounds_of = {k: [w + r for r in rs] for k, rs in enumerate(plan.rounds_of)}
@@ -230,6 +298,10 @@ class Cascade(FedcascadeStrategy):
                 spent=spent,
             )
             self.plans[c] = DPPlan(q, steps, sigma, self.cfg.privacy.max_grad_norm)
+            if self.options.lr_scaling:
+                # linear scaling rule: keep lr x (steps over the rest of the run) as planned
+                # before the noise plan changed batch size and rounds
+                self.lr_factor[c] = (self.steps_per_round(info) * rest) / (steps * n_rounds)
 
     def round_record(self) -> dict[str, Any]:
         if self.result is None:
@@ -238,6 +310,7 @@ class Cascade(FedcascadeStrategy):
             "phase": "clustered",
             "k": int(self.result.k),
             "bic_scores": {str(k): float(v) for k, v in self.result.scores.items()},
+            "clustered_blocks": self.blocks_used,
             "noise_to_signal": getattr(self, "nsr", None),
             "cluster_rounds": {str(k): len(v) for k, v in self.rounds_of.items()},
         }
