@@ -120,42 +120,49 @@ class LinearDPStep:
                 uses = []
                 for a, out in self._records[m]:
                     g = next(grads)
-                    # mean-reduced loss: example i's own gradient is B * (its share)
-                    uses.append((a, torch.zeros_like(out) if g is None else g * len(x)))
+                    # gradients of the MEAN loss: example i's own gradient is B times these;
+                    # _clipped_sums folds the factor B into the clip factors (fewer tensor ops)
+                    uses.append((a, torch.zeros_like(out) if g is None else g))
                 per_layer.append((m, uses))
             self._records.clear()
             sums = self._clipped_sums(per_layer, len(x))
+        step = -self.lr / self.expected_batch_size
         with torch.no_grad():
             for p in self.params:
                 total = sums.get(id(p))
-                if total is None:
-                    total = torch.zeros_like(p)
                 if self.std > 0:  # same call as Opacus' _generate_noise: identical draws
-                    total = total + torch.normal(
+                    noise = torch.normal(
                         mean=0,
                         std=self.std,
                         size=p.shape,
                         device=p.device,
                         generator=self.generator,
                     )
-                p.add_(total / self.expected_batch_size, alpha=-self.lr)
+                    total = noise if total is None else total.add_(noise)
+                if total is not None:
+                    p.add_(total, alpha=step)
         return loss_value
 
     def _clipped_sums(
         self, per_layer: list[tuple[nn.Linear, list[tuple[Tensor, Tensor]]]], batch: int
     ) -> dict[int, Tensor]:
+        """Sums over the batch of the clipped per-example gradients, by parameter id.
+
+        ``per_layer`` holds gradients of the batch-MEAN loss; example i's own gradient is
+        ``batch`` times its share, so norms are scaled by ``batch`` and the clipped sums use
+        the factor ``batch * clip_i`` (the same numbers as scaling every gradient first).
+        """
         sq_norm = torch.zeros(batch, dtype=self.params[0].dtype, device=self.params[0].device)
         ghosts = []  # (layer, a, g) for the cheap path
         dense = []  # (layer, per-example weight grads, per-example bias grads)
         for m, uses in per_layer:
             if len(uses) == 1 and uses[0][0].dim() == 2:
                 a, g = uses[0]
-                g_norm = torch.linalg.vector_norm(g, dim=1)
+                g_sq = g.square().sum(1)
                 if m.weight.requires_grad:
-                    w_norm = torch.linalg.vector_norm(a, dim=1).mul_(g_norm)  # ||g_i a_i^T||
-                    sq_norm.addcmul_(w_norm, w_norm)
+                    sq_norm.addcmul_(a.square().sum(1), g_sq)  # ||g_i a_i^T||^2
                 if m.bias is not None and m.bias.requires_grad:
-                    sq_norm.addcmul_(g_norm, g_norm)
+                    sq_norm.add_(g_sq)
                 ghosts.append((m, a, g))
             else:
                 gw = sum(torch.einsum("n...o,n...i->noi", g, a) for a, g in uses)
@@ -166,21 +173,22 @@ class LinearDPStep:
                     sq_norm += gb.pow(2).sum(1)
                 dense.append((m, gw, gb))
         if self.max_grad_norm is None:
-            clip = torch.ones_like(sq_norm)
+            factor = torch.full_like(sq_norm, float(batch))
         else:
-            clip = (self.max_grad_norm / (sq_norm.sqrt() + 1e-6)).clamp(max=1.0)
+            norm = sq_norm.sqrt_().mul_(batch)  # the per-example gradient norms
+            factor = (self.max_grad_norm / norm.add_(1e-6)).clamp_(max=1.0).mul_(batch)
         sums: dict[int, Tensor] = {}
         for m, a, g in ghosts:
-            gc = g * clip[:, None]
+            gc = g * factor[:, None]
             if m.weight.requires_grad:
                 sums[id(m.weight)] = gc.T @ a
             if m.bias is not None and m.bias.requires_grad:
                 sums[id(m.bias)] = gc.sum(0)
         for m, gw, gb in dense:
             if m.weight.requires_grad:
-                sums[id(m.weight)] = torch.einsum("n,noi->oi", clip, gw)
+                sums[id(m.weight)] = torch.einsum("n,noi->oi", factor, gw)
             if m.bias is not None and m.bias.requires_grad:
-                sums[id(m.bias)] = clip @ gb
+                sums[id(m.bias)] = factor @ gb
         return sums
 
 
