@@ -255,10 +255,17 @@ def _epsilon_upper(
             "Increase delta or reduce domain size."
         )
     exp_t, exp_neg_t = _exp_grid(n, mesh)
-    d1 = np.cumsum(pmf[::-1])[::-1]
-    d2 = np.cumsum((pmf * exp_neg_t)[::-1])[::-1] * math.exp(-shift)
-    ndelta = exp_t * d2 * math.exp(shift) - d1
-    i = int(np.searchsorted(ndelta, -target, side="left"))
-    if i <= 0:
-        raise RuntimeError("Cannot compute epsilon")
-    return float(np.log((d1[i] - target) / d2[i])) + eps_error
+    # Tail sums are accumulated from the top of the grid down, so those from grid point k0 up
+    # are the same numbers whether or not the points below k0 are summed too. Start at t = 0
+    # (an epsilon is >= 0): half the work. Only if the crossing lies at or below k0 (epsilon
+    # <= 0 up to one mesh step) is the whole grid needed.
+    k0 = min(max(0, math.floor((n * mesh - shift) / mesh)), size - 1)
+    for start in (k0, 0) if k0 > 0 else (0,):
+        p = pmf[start:]
+        d1 = np.cumsum(p[::-1])[::-1]
+        d2 = np.cumsum((p * exp_neg_t[start:])[::-1])[::-1] * math.exp(-shift)
+        ndelta = exp_t[start:] * d2 * math.exp(shift) - d1
+        i = int(np.searchsorted(ndelta, -target, side="left"))
+        if i > 0:
+            return float(np.log((d1[i] - target) / d2[i])) + eps_error
+    raise RuntimeError("Cannot compute epsilon")
