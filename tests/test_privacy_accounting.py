@@ -206,3 +206,42 @@ def test_default_delta_is_below_one_over_n():
         assert default_delta(n) <= 0.1 / n
     with pytest.raises(ValueError, match="n_train"):
         default_delta(0)
+
+
+# --------------------------------------------------------------------------- planned horizon
+
+
+def test_horizon_reuses_one_discretisation_and_keeps_the_value():
+    # A run of 15 rounds x 8 steps: told the horizon, the accountant discretises once for the
+    # whole run (not again each time the history passes a power of two), and every round's
+    # epsilon stays the same upper bound within the PRV discretisation noise.
+    from fedcascade.privacy import prv
+
+    q, sigma, delta, per_round, rounds = 0.125, 1.95, 1e-4, 8, 15
+    horizon = per_round * rounds
+    compute_epsilon([(q, sigma, per_round)], delta, horizon_steps=horizon)
+    grids = {prv._grid(((q, sigma, per_round * r),), delta, 0.01, horizon) for r in range(1, 16)}
+    assert len(grids) == 1
+    for r in (2, 5, 9, rounds):
+        history = [(q, sigma, per_round)] * r
+        with_horizon = compute_epsilon(history, delta, horizon_steps=horizon)
+        assert with_horizon == pytest.approx(compute_epsilon(history, delta), abs=2e-4)
+    # at (or past) the horizon the value is exactly the plain one: ledger == calibration
+    full = [(q, sigma, horizon)]
+    assert compute_epsilon(full, delta, horizon_steps=horizon) == compute_epsilon(full, delta)
+
+
+def test_horizon_matches_opacus_and_bad_horizon_is_named():
+    import warnings
+
+    from opacus.accountants import PRVAccountant
+
+    blocks = [(1.0, 3.0, 1), (0.05, 1.5, 60)]
+    acc = PRVAccountant()
+    acc.history = [(sigma, q, n) for q, sigma, n in blocks]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = acc.get_epsilon(1e-5)
+    assert compute_epsilon(blocks, 1e-5, horizon_steps=500) == pytest.approx(ref, abs=1e-4)
+    with pytest.raises(ValueError, match="horizon_steps"):
+        compute_epsilon(blocks, 1e-5, horizon_steps=-1)

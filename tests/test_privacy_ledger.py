@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +129,54 @@ def test_train_dp_refuses_before_touching_the_model(sigma):
         train_dp(model, x, y, DPPlan(Q, STEPS * ROUNDS, sigma, 1.0), 0.1, 0, ledger=ledger)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert ledger.spent() == 0.0
+
+
+# --------------------------------------------------------------------------- persistence cost
+
+
+def test_a_handle_does_not_reread_its_own_write_but_sees_others(sigma, tmp_path, monkeypatch):
+    path = tmp_path / "c.json"
+    a = PrivacyLedger(path, 2.0, DELTA)
+    b = PrivacyLedger(path, 2.0, DELTA)
+    plan = DPPlan(Q, STEPS, sigma, 1.0)
+    loads = []
+    real_load = PrivacyLedger._load
+    monkeypatch.setattr(PrivacyLedger, "_load", lambda self: loads.append(self) or real_load(self))
+    a.record(plan)  # a has not read b's creation write (same content): one load
+    a.record(plan)
+    a.spent()
+    assert loads.count(a) <= 1
+    b.record(plan)  # b must see a's two blocks
+    assert b.summary()["total_steps"] == 3 * STEPS
+    assert a.spent() == b.spent()  # and a sees b's
+    state = json.loads(path.read_text())  # still one JSON document, one block per line
+    assert len(state["blocks"]) == 3 and state["epsilon"] == pytest.approx(a.spent())
+
+
+def test_durable_ledger_fsyncs_and_default_does_not(sigma, tmp_path, monkeypatch):
+    import os
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    plan = DPPlan(Q, STEPS, sigma, 1.0)
+    PrivacyLedger(tmp_path / "fast.json", 2.0, DELTA).record(plan)
+    assert calls == []
+    PrivacyLedger(tmp_path / "durable.json", 2.0, DELTA, durable=True).record(plan)
+    assert len(calls) >= 2  # the file and its directory
+    reopened = PrivacyLedger(tmp_path / "fast.json", 2.0, DELTA)
+    assert reopened.summary()["total_steps"] == STEPS
+
+
+def test_runtime_reuses_ledger_handles(sigma, tmp_path):
+    from fedcascade.community_runtime import open_ledger
+    from fedcascade.config import load_config
+
+    quickstart = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml"
+    cfg = load_config(quickstart, [f'output.dir="{tmp_path}/run"'])
+    first = open_ledger(cfg, 0, 200, str(tmp_path), horizon_steps=100)
+    again = open_ledger(cfg, 0, 200, str(tmp_path))
+    assert again is first and first.horizon_steps == 100
+    other = PrivacyLedger(first.path, first.target_epsilon, first.delta, first.accountant)
+    other.record(DPPlan(Q, STEPS, sigma, 1.0))  # e.g. another worker process
+    assert open_ledger(cfg, 0, 200, str(tmp_path)).summary()["total_steps"] == STEPS

@@ -311,7 +311,7 @@ class PrivacyLedger:
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(self._state(), f, indent=1)
+                f.write(_dumps(self._state()))
                 if self.durable:
                     f.flush()
                     os.fsync(f.fileno())
@@ -411,6 +411,23 @@ def _check_block(b: dict[str, Any]) -> dict[str, Any]:
         max_grad_norm=None if b.get("max_grad_norm") is None else float(b["max_grad_norm"]),
     )
     return _block_dict(plan)
+
+
+def _dumps(state: dict[str, Any]) -> str:
+    """The ledger as JSON with one key, block or event per line (readable, diff-able).
+
+    Built from C-encoded pieces: ``json.dump(..., indent=...)`` falls back to the pure-Python
+    encoder and writes hundreds of small chunks, ~0.4 ms per record for a 15-round ledger.
+    """
+    lines = []
+    for key, value in state.items():
+        if isinstance(value, list):
+            items = ",\n  ".join(json.dumps(v) for v in value)
+            text = f"[\n  {items}\n ]" if value else "[]"
+        else:
+            text = json.dumps(value)
+        lines.append(f" {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _fsync_dir(directory: Path) -> None:
