@@ -127,8 +127,8 @@ class LinearDPStep:
                 per_layer.append((m, uses))
             self._records.clear()
             sums = self._clipped_sums(per_layer, len(x))
-        step = -self.lr / self.expected_batch_size
         with torch.no_grad():
+            params, totals = [], []
             for p in self.params:
                 total = sums.get(id(p))
                 if self.std > 0:  # same call as Opacus' _generate_noise: identical draws
@@ -141,7 +141,10 @@ class LinearDPStep:
                     )
                     total = noise if total is None else total.add_(noise)
                 if total is not None:
-                    p.add_(total, alpha=step)
+                    params.append(p)
+                    totals.append(total)
+            if params:  # one fused update: p -= lr * total / (q n)
+                torch._foreach_add_(params, totals, alpha=-self.lr / self.expected_batch_size)
         return loss_value
 
     def _clipped_sums(
