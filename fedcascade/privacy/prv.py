@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
+from functools import lru_cache
 
 import numpy as np
 from opacus.accountants.analysis.prv import (
@@ -61,12 +62,18 @@ def _grid(
     than ``blocks`` need (so still a valid upper bound, only more accurate), and the SAME grid
     for every prefix of a run that ends at the horizon.
     """
-    delta_error = delta / 1000
     total = sum(n for *_, n in blocks)
     if horizon_steps > total:
         # RDP epsilon only grows with the step counts, so this bound covers the real history
         blocks = tuple((q, s, math.ceil(n * horizon_steps / total)) for q, s, n in blocks)
-        total = sum(n for *_, n in blocks)
+    # with a horizon, the scaled history of a homogeneous run is the same every round: cached
+    return _grid_for(blocks, delta, eps_error)
+
+
+@lru_cache(maxsize=256)
+def _grid_for(blocks: tuple[Block, ...], delta: float, eps_error: float) -> tuple[int, float]:
+    delta_error = delta / 1000
+    total = sum(n for *_, n in blocks)
     steps_up = 1 << max(0, math.ceil(math.log2(total)))
     # Truncation bound of Gopi et al. (remark 5.6) as Opacus computes it, from the integer RDP
     # orders (a valid, slightly larger bound) and the rounded-up step count.
@@ -207,10 +214,26 @@ def prv_epsilon(
         pmf = irfft(spec, n=size)
     # Circular convolution of `count` copies of arrays starting at t_min = -n mesh: index k holds
     # the sum at count * t_min + k mesh. Rotate so that index r again means t_min + r mesh.
-    pmf = np.roll(pmf, count - 1 + (size // 2 if count % 2 == 0 else 0))
+    pmf = _Rolled(pmf, count - 1 + (size // 2 if count % 2 == 0 else 0))
     with np.errstate(all="ignore"):
         eps_upper = _epsilon_upper(pmf, n, mesh, shift, delta, delta / 1000, eps_error)
     return max(float(eps_upper), 0.0)
+
+
+class _Rolled:
+    """``np.roll(array, shift)`` that copies only the slice asked for (the read-out uses the
+    upper half of the grid only)."""
+
+    def __init__(self, array: np.ndarray, shift: int) -> None:
+        self.array, self.shift = array, shift % len(array)
+
+    def tail(self, start: int) -> np.ndarray:
+        """``np.roll(array, shift)[start:]``."""
+        a, size = self.array, len(self.array)
+        begin = (start - self.shift) % size  # where element `start` of the rolled array is
+        if begin + (size - start) <= size:
+            return a[begin : begin + size - start]
+        return np.concatenate((a[begin:], a[: (size - start) - (size - begin)]))
 
 
 _EXP_GRIDS: OrderedDict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -233,7 +256,7 @@ def _exp_grid(n: int, mesh: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _epsilon_upper(
-    pmf: np.ndarray,
+    pmf: _Rolled,
     n: int,
     mesh: float,
     shift: float,
@@ -261,7 +284,7 @@ def _epsilon_upper(
     # <= 0 up to one mesh step) is the whole grid needed.
     k0 = min(max(0, math.floor((n * mesh - shift) / mesh)), size - 1)
     for start in (k0, 0) if k0 > 0 else (0,):
-        p = pmf[start:]
+        p = pmf.tail(start)
         d1 = np.cumsum(p[::-1])[::-1]
         d2 = np.cumsum((p * exp_neg_t[start:])[::-1])[::-1] * math.exp(-shift)
         ndelta = exp_t[start:] * d2 * math.exp(shift) - d1
