@@ -1,19 +1,26 @@
 """``cascade``: noise-aware clustering, then noise and adapter capacity scaled by cluster size.
 
-Ours; the formulas are in ``docs/method.md``. In order:
+Ours; the formulas are in ``docs/method.md`` (tuned settings: its "Tuning on real runs"). In order:
 
-1. warm-up: ``warmup_rounds`` rounds of DP-SGD on one global adapter; every community's update
-   (reply minus the model it was sent) is kept with its known DP-noise scale;
-2. clustering (post-processing of DP updates, free): :func:`cascade_cluster` averages the warm-up
-   updates, removes the known noise variance from the Gram matrix, embeds above the noise edge
-   and picks the number of clusters by BIC; communities that missed the warm-up are assigned from
-   their update later (:func:`assign_by_update`), also free;
+1. warm-up: ``warmup_rounds`` rounds of *full-batch* DP-SGD on one global adapter that together
+   spend ``warmup_budget`` of each community's GDP budget (:func:`warmup_noise_multiplier`;
+   full-batch steps compose exactly, and at the small noise multipliers a mini-batch warm-up would
+   need, subsampling wastes about half the precision); every community's update (reply minus the
+   model it was sent) is kept with its known DP-noise scale;
+2. clustering (post-processing of DP updates, free): the blocks whose spread across communities
+   beats the known noise are kept (:func:`select_signal_blocks`; LoRA ``A`` carries only noise
+   while ``B = 0``), then :func:`cascade_cluster` averages the warm-up rounds, removes the noise
+   variance from the Gram matrix, embeds above the noise edge and picks the number of clusters;
+   communities that missed the warm-up join the largest cluster;
 3. capacity: each cluster's LoRA rank scales with its precision ``Pi_k = sum N_i^2 mu_i^2``
    (:func:`cluster_ranks`), small clusters train fewer parameters, so less noise;
-4. noise: :func:`cluster_noise_plan` gives precision-weighted aggregation inside a cluster and the
-   rounds ``R_k`` over which each cluster spends the rest of its budget, so no round of a small
-   cluster is drowned; each community's noise multiplier for the rest of the run is recalibrated
-   against what its ledger already holds (``calibrate_noise_multiplier(..., spent=...)``).
+4. noise: :func:`cluster_noise_plan` gives precision-weighted aggregation inside a cluster, sample
+   rates high enough for efficient accounting (``sigma_target``) and, if ``min_round_fraction <
+   1``, fewer rounds for small clusters; the learning rate is scaled so that ``lr x steps`` over
+   the rest of the run stays what the base plan had (``lr_scaling``: without it the bigger
+   batches cut the steps, and the minority's progress, by 4-14x). Each community's noise
+   multiplier for the rest of the run is recalibrated against what its ledger already holds
+   (``calibrate_noise_multiplier(..., spent=...)``), so the total is exact.
 
 ``noise_scaling = false`` and ``rank_scaling = false`` switch 3 and 4 off (the ablation).
 """
@@ -51,7 +58,7 @@ class CascadeOptions:
     """``[strategy.options]`` of ``cascade``."""
 
     warmup_rounds: int = param(
-        3, ge=1, le=1000, doc="rounds of global DP-SGD whose updates are clustered"
+        1, ge=1, le=1000, doc="rounds of global DP-SGD whose updates are clustered"
     )
     warmup_budget: float | None = param(
         0.5,
@@ -128,7 +135,8 @@ class Cascade(FedcascadeStrategy):
 
     # -- privacy ---------------------------------------------------------------------------------
     def planned_schedule(self, community: CommunityInfo) -> list[tuple[float, int]]:
-        # the initial plan; after clustering the rest is re-planned and recalibrated
+        # the base plan (a mini-batch warm-up uses its sigma); a full-batch warm-up has its own
+        # sigma (warmup_plan) and after clustering the rest is re-planned and recalibrated
         return [
             (self.sample_rate(community), self.steps_per_round(community) * self.cfg.train.rounds)
         ]
