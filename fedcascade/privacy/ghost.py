@@ -81,6 +81,18 @@ class LinearDPStep:
         self.layers = [m for m in model.modules() if type(m) is nn.Linear and _trainable(m)]
         self._records: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {}
         self._segments: tuple | None = None  # cached by _ghost_sq_norms
+        # per layer, looked up once rather than through nn.Module.__getattr__ on every step:
+        # (weight trainable, bias trainable, id of weight, id of bias)
+        self._wb = {
+            m: (
+                m.weight.requires_grad,
+                _has_trainable_bias(m),
+                id(m.weight),
+                id(m.bias) if m.bias is not None else None,
+            )
+            for m in self.layers
+        }
+        self._noise_specs = [(p, id(p), p.shape, p.device) for p in params]
 
     @contextmanager
     def attached(self) -> Iterator[LinearDPStep]:
@@ -129,14 +141,14 @@ class LinearDPStep:
             sums = self._clipped_sums(per_layer, len(x))
         with torch.no_grad():
             params, totals = [], []
-            for p in self.params:
-                total = sums.get(id(p))
+            for p, pid, shape, device in self._noise_specs:
+                total = sums.get(pid)
                 if self.std > 0:  # same call as Opacus' _generate_noise: identical draws
                     noise = torch.normal(
                         mean=0,
                         std=self.std,
-                        size=p.shape,
-                        device=p.device,
+                        size=shape,
+                        device=device,
                         generator=self.generator,
                     )
                     total = noise if total is None else total.add_(noise)
@@ -184,10 +196,11 @@ class LinearDPStep:
             scaled = torch.cat([g for _, _, g in ghosts], 1).mul_(factor[:, None])
             splits = scaled.split([g.shape[1] for _, _, g in ghosts], 1)
             for (m, a, _), gc in zip(ghosts, splits):
-                if m.weight.requires_grad:
-                    sums[id(m.weight)] = gc.t() @ a
-                if m.bias is not None and m.bias.requires_grad:
-                    sums[id(m.bias)] = gc.sum(0)
+                w_on, b_on, w_id, b_id = self._wb[m]
+                if w_on:
+                    sums[w_id] = gc.t() @ a
+                if b_on:
+                    sums[b_id] = gc.sum(0)
         for m, gw, gb in dense:
             if m.weight.requires_grad:
                 sums[id(m.weight)] = torch.einsum("n,noi->oi", factor, gw)
@@ -205,10 +218,7 @@ class LinearDPStep:
         """
         a_all = torch.cat([a for _, a, _ in ghosts], 1)
         g_all = torch.cat([g for _, _, g in ghosts], 1)
-        key = tuple(
-            (a.shape[1], g.shape[1], m.weight.requires_grad, _has_trainable_bias(m))
-            for m, a, g in ghosts
-        )
+        key = tuple((a.shape[1], g.shape[1], *self._wb[m][:2]) for m, a, g in ghosts)
         if self._segments is None or self._segments[0] != key:
             self._segments = (key, *_segment_matrices(key, a_all))
         _, seg_a, seg_g, w_mask, b_mask = self._segments
