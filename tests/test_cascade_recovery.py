@@ -113,7 +113,6 @@ def test_cascade_recovers_the_synthetic_benchmark_at_epsilon_3(tmp_path):
     assert summary["max_epsilon_spent"] <= 3.0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_cascade_recovers_the_synthetic_benchmark_on_more_seeds(tmp_path, seed):
     summary, rounds, rows = _run(SYNTHETIC, tmp_path / "run", f"seed={seed}")
