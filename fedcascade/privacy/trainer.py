@@ -248,7 +248,9 @@ def train_dp(
         ledger.record(plan)  # refuse BEFORE touching the model
     sample_seed, noise_seed, model_seed = _seeds(seed)
     with torch.random.fork_rng(devices=[]), _training_mode(model):
-        torch.manual_seed(model_seed)
+        # CPU generator only: torch.manual_seed would also seed (lazily) every accelerator,
+        # which costs more than a short training round; fork_rng restores it afterwards anyway
+        torch.default_generator.manual_seed(model_seed)
         if plan is None:
             loss_sum, seen, steps = _train_plain(
                 model, x, y, params, lr, seed, loss_fn, non_private_batch_size
