@@ -185,6 +185,8 @@ def release_training_state(model: nn.Module) -> None:
             handles.pop().remove()
         delattr(model, "autograd_grad_sample_hooks")
     for p in model.parameters():
+        if not p.requires_grad:  # frozen tensors never get gradients or Opacus state
+            continue
         p.grad = None
         for attr in _OPACUS_PARAM_ATTRS:
             if hasattr(p, attr):
