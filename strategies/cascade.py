@@ -11,7 +11,8 @@ Ours; the formulas are in ``docs/method.md`` (tuned settings: its "Tuning on rea
    beats the known noise are kept (:func:`select_signal_blocks`; LoRA ``A`` carries only noise
    while ``B = 0``), then :func:`cascade_cluster` averages the warm-up rounds, removes the noise
    variance from the Gram matrix, embeds above the noise edge and picks the number of clusters;
-   communities that missed the warm-up join the largest cluster;
+   every community takes part in the warm-up whatever ``train.participation`` (a community
+   whose reply failed joins the largest cluster);
 3. capacity: each cluster's LoRA rank scales with its precision ``Pi_k = sum N_i^2 mu_i^2``
    (:func:`cluster_ranks`), small clusters train fewer parameters, so less noise;
 4. noise: :func:`cluster_noise_plan` gives precision-weighted aggregation inside a cluster, sample
@@ -167,8 +168,14 @@ class Cascade(FedcascadeStrategy):
         return DPPlan(1.0, o.warmup_steps, sigma, clip)
 
     def participants(self, server_round: int) -> list[CommunityInfo]:
+        if server_round <= self.options.warmup_rounds:
+            # the warm-up measures every community from the same model: a community sampled
+            # out of it could only be guessed into a cluster (train.participation applies after)
+            return [
+                c for cid, c in sorted(self.communities.items()) if cid not in self.budget_exhausted
+            ]
         everyone = super().participants(server_round)
-        if server_round <= self.options.warmup_rounds or not self.rounds_of:
+        if not self.rounds_of:
             return everyone
         return [
             c for c in everyone if server_round in self.rounds_of[self.assignment[c.community_id]]

@@ -159,3 +159,10 @@ def test_ablation_turns_both_levers_off(small, tmp_path):
     for r in rows:
         blocks = json.loads(r["privacy_blocks"])
         assert blocks[-1]["sample_rate"] == pytest.approx(32 / int(r["n_train"]))
+
+
+def test_warm_up_measures_every_community_even_with_partial_participation(small, tmp_path):
+    summary, rounds, rows = _run(small, tmp_path / "run", "train.participation=0.6")
+    assert rounds[0]["participants"] == list(range(10))
+    assert all(len(r["participants"]) < 10 for r in rounds[2:])  # sampling applies afterwards
+    assert summary["ari"] >= 0.9
