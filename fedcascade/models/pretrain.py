@@ -36,7 +36,7 @@ __all__ = [
 
 CACHE_ENV = "FEDCASCADE_CACHE"
 # Bump when the architecture or the pretraining procedure changes, to invalidate old files.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: pretraining on one thread (deterministic across processes)
 
 _BACKBONES: dict[str, Backbone] = {}
 
@@ -144,6 +144,20 @@ def pretrain_backbone(
     gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
+    # One intra-op thread: CPU kernels reduce in a thread-count-dependent order, and over many
+    # epochs those rounding differences grew to 0.075 in the weights, so the same cache key
+    # gave different backbones in processes with different thread settings.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _epochs(model, pcfg, xt, yt, opt, gen, losses)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return losses
+
+
+def _epochs(model, pcfg, xt, yt, opt, gen, losses) -> None:  # noqa: ANN001 - private helper
     for _ in range(pcfg.epochs):
         order = torch.randperm(len(xt), generator=gen)
         total = 0.0
@@ -155,8 +169,6 @@ def pretrain_backbone(
             opt.step()
             total += loss.item() * len(idx)
         losses.append(total / len(xt))
-    model.eval()
-    return losses
 
 
 def _load(path: Path, model: Backbone) -> bool:
