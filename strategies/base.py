@@ -104,6 +104,20 @@ class StrategyContext:
     truth_for_evaluation: dict[int, int] = field(default_factory=dict)
 
 
+def failed(reply: Message, what: str) -> bool:
+    """True (after logging why) when a node answered ``what`` with an error instead of content."""
+    if reply.has_error():
+        log(
+            WARNING,
+            "%s reply from node %s failed: %s",
+            what,
+            reply.metadata.src_node_id,
+            reply.error.reason,
+        )
+        return True
+    return False
+
+
 def average_arrays(arrays: list[Mapping[str, np.ndarray]], weights: Iterable[float]) -> Arrays:
     """Weighted average of same-shaped named arrays (weights need not sum to one)."""
     return weighted_average(arrays, list(weights))
@@ -352,13 +366,7 @@ class FedcascadeStrategy(Strategy):
             msgs.append(Message(content=content, message_type="query", dst_node_id=c.node_id))
         chosen: dict[int, int] = {}
         for reply in grid.send_and_receive(msgs, timeout=self.cfg.train.timeout_seconds):
-            if reply.has_error():
-                log(
-                    WARNING,
-                    "selection reply from node %s failed: %s",
-                    reply.metadata.src_node_id,
-                    reply.error.reason,
-                )
+            if failed(reply, "selection"):
                 continue
             info = reply.content[P.INFO]
             cid = int(info["community-id"])
@@ -391,13 +399,7 @@ class FedcascadeStrategy(Strategy):
         """Keep well-formed replies; log (not crash on) errors and malformed ones."""
         good: list[Reply] = []
         for msg in replies:
-            if msg.has_error():
-                log(
-                    WARNING,
-                    "train reply from node %s failed: %s",
-                    msg.metadata.src_node_id,
-                    msg.error.reason,
-                )
+            if failed(msg, "train"):
                 continue
             try:
                 c = msg.content
@@ -494,13 +496,7 @@ class FedcascadeStrategy(Strategy):
     ) -> MetricRecord | None:
         """Record-weighted test accuracy and loss over all communities."""
         for msg in replies:
-            if msg.has_error():
-                log(
-                    WARNING,
-                    "evaluate reply from node %s failed: %s",
-                    msg.metadata.src_node_id,
-                    msg.error.reason,
-                )
+            if failed(msg, "evaluate"):
                 continue
             cid = int(msg.content[P.INFO]["community-id"])
             self.last_eval[cid] = dict(msg.content[P.METRICS])
@@ -603,13 +599,7 @@ def discover_communities(
         asked.update(new)
         msgs = [Message(content=content, message_type="query", dst_node_id=n) for n in new]
         for reply in grid.send_and_receive(msgs, timeout=timeout) if msgs else []:
-            if reply.has_error():
-                log(
-                    WARNING,
-                    "node %s failed the info query: %s",
-                    reply.metadata.src_node_id,
-                    reply.error.reason,
-                )
+            if failed(reply, "info query"):
                 continue
             info = reply.content[P.INFO]
             local = (
