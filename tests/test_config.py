@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,24 @@ def test_help_is_accurate():
     assert res.returncode == 0
     for word in ("--set", "--out", "--overwrite", "CONFIG"):
         assert word in res.stdout
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_line_per_round_in_a_pipe_and_one_rewriting_line_on_a_terminal():
+    from fedcascade.simulation import Progress
+
+    pipe = io.StringIO()
+    p = Progress(pipe)
+    for r in (1, 2, 3):
+        p(r, 3, 0.5)
+    assert pipe.getvalue().count("\n") == 3 and "round 3/3" in pipe.getvalue()
+    tty = _Tty()
+    p = Progress(tty)
+    for r in (1, 2, 3):
+        p(r, 3, None)
+    out = tty.getvalue()
+    assert out.count("\r") == 3 and out.count("\n") == 1 and "mean accuracy n/a" in out
