@@ -212,3 +212,46 @@ def test_cascade_ablation_switches_scaling_off(tmp_path):
     last = rounds_of(run_dir)[-1]
     assert set(last["cluster_ranks"].values()) == {2}  # model.lora_rank everywhere
     assert last["participants"] == [0, 1, 2, 3]  # every cluster trains every round
+
+
+def test_ifca_charges_every_private_choice_to_the_ledger(tmp_path):
+    run_dir, grid = run(tmp_path, 'strategy.name="ifca"', "strategy.options.k=2", "train.rounds=3")
+    rows = rows_of(run_dir)
+    for r in rows:
+        # 3% of epsilon 3 for selection, spread over 3 rounds, one pure-DP event per round
+        assert float(r["pure_epsilon"]) == pytest.approx(0.09)
+        assert float(r["epsilon"]) <= 3.0 + 1e-9
+    selects = [
+        m
+        for m in grid.sent
+        if m.metadata.message_type == "query" and m.content["config"]["action"] == "select"
+    ]
+    assert len(selects) == 3 * 4
+    # only the chosen index comes back: no scores or losses leave a community
+    for reply in grid.replies:
+        if "info" in reply.content and "choice" in reply.content["info"]:
+            assert set(reply.content["info"].keys()) == {
+                "community-id",
+                "status",
+                "worker",
+                "choice",
+            }
+
+
+def test_rdpcfl_runs_its_phases_with_a_full_batch_first_round(tmp_path):
+    run_dir, _ = run(tmp_path, 'strategy.name="r-dpcfl"', "strategy.options.k=2", "train.rounds=6")
+    rounds = rounds_of(run_dir)
+    assert rounds[0]["phase"] == "cluster" and rounds[0]["k"] == 2
+    switch, selection = rounds[-1]["switch_round"], rounds[-1]["selection_rounds"]
+    # E_c = int((1 - overlap) * E / 2) and int(0.1 E) selection rounds from there, as the reference
+    assert switch == int((1 - rounds[-1]["max_overlap"]) * 6 / 2)
+    for r in rounds[1:]:
+        expected = (
+            "select" if r["round"] in selection else ("soft" if r["round"] <= switch else "frozen")
+        )
+        assert r["phase"] == expected, r
+    for row in rows_of(run_dir):
+        blocks = json.loads(row["privacy_blocks"])
+        assert blocks[0]["sample_rate"] == 1.0 and blocks[0]["steps"] == 1  # full-batch round 1
+        assert all(b["sample_rate"] < 1.0 for b in blocks[1:])
+        assert float(row["epsilon"]) <= 3.0 + 1e-9
