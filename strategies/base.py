@@ -424,12 +424,13 @@ class FedcascadeStrategy(Strategy):
                     e,
                 )
                 continue
+            # what the community's ledger spent counts even when its update is unusable
+            self.privacy[cid] = reply.privacy
+            self.workers[cid] = reply.worker
             problem = self.reply_problem(reply)
             if problem:
                 log(WARNING, "train reply of community %s dropped: %s", cid, problem)
                 continue
-            self.privacy[cid] = reply.privacy
-            self.workers[cid] = reply.worker
             if reply.status == P.STATUS_BUDGET:
                 log(WARNING, "community %s refused training: privacy budget exhausted", cid)
                 self.budget_exhausted.add(cid)

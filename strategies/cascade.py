@@ -132,6 +132,7 @@ class Cascade(FedcascadeStrategy):
         self.weights: dict[int, float] = {}
         self.plans: dict[int, DPPlan] = {}
         self.lr_factor: dict[int, float] = {}
+        self.late: set[int] = set()  # missed the warm-up: join a cluster by private selection
         self.result = None
 
     # -- privacy ---------------------------------------------------------------------------------
@@ -174,6 +175,11 @@ class Cascade(FedcascadeStrategy):
             return [
                 c for cid, c in sorted(self.communities.items()) if cid not in self.budget_exhausted
             ]
+        # late communities wait (untrained) until they have chosen a cluster in before_round
+        return [c for c in self._sampled(server_round) if c.community_id not in self.late]
+
+    def _sampled(self, server_round: int) -> list[CommunityInfo]:
+        """This round's sample among the communities whose cluster trains in it."""
         everyone = super().participants(server_round)
         if not self.rounds_of:
             return everyone
@@ -237,8 +243,9 @@ class Cascade(FedcascadeStrategy):
             hist, scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
         )
         labels = {c: int(self.result.labels[i]) for i, c in enumerate(ids)}
-        largest = 0  # clusters are ordered by size
+        largest = 0  # clusters are ordered by size; a placeholder until a late community selects
         self.assignment = {c: labels.get(c, largest) for c in self.communities}
+        self.late = {c for c in self.communities if c not in labels}
         k = self.result.k
         cids = sorted(self.communities)
         records = np.array([self.communities[c].n_train for c in cids])
@@ -300,23 +307,61 @@ class Cascade(FedcascadeStrategy):
             q = float(plan.sample_rate[i]) if scaled else self.sample_rate(info)
             steps = int(plan.steps_per_round[i]) if scaled else self.steps_per_round(info)
             n_rounds = len(self.rounds_of[int(lab[i])])
-            spent = [
-                (b["sample_rate"], b["noise_multiplier"], b["steps"])
-                for b in self.privacy.get(c, {}).get("blocks", [])
-            ]
-            # recalibrated against what the ledger already holds, so the total meets the budget
-            sigma = calibrate_noise_multiplier(
-                self.training_epsilon,
-                self.delta(info),
-                [(q, steps * n_rounds)],
-                self.cfg.privacy.accountant,
-                spent=spent,
-            )
-            self.plans[c] = DPPlan(q, steps, sigma, self.cfg.privacy.max_grad_norm)
+            self.plans[c] = self._calibrated_plan(c, q, steps, n_rounds)
             if self.options.lr_scaling:
                 # linear scaling rule: keep lr x (steps over the rest of the run) as planned
                 # before the noise plan changed batch size and rounds
                 self.lr_factor[c] = (self.steps_per_round(info) * rest) / (steps * n_rounds)
+
+    def _calibrated_plan(self, c: int, q: float, steps: int, n_rounds: int) -> DPPlan:
+        """The rest of community ``c``'s run at one sigma, recalibrated against what its ledger
+        already holds, so the total meets the budget. A late community also keeps room for its
+        private cluster selection (pure DP, composed by the ledger)."""
+        spent = [
+            (b["sample_rate"], b["noise_multiplier"], b["steps"])
+            for b in self.privacy.get(c, {}).get("blocks", [])
+        ]
+        pure = float(self.privacy.get(c, {}).get("epsilon_pure", 0.0))
+        reserve = self.late_selection_epsilon if c in self.late else 0.0
+        sigma = calibrate_noise_multiplier(
+            self.training_epsilon - pure - reserve,
+            self.delta(self.communities[c]),
+            [(q, steps * n_rounds)],
+            self.cfg.privacy.accountant,
+            spent=spent,
+        )
+        return DPPlan(q, steps, sigma, self.cfg.privacy.max_grad_norm)
+
+    @property
+    def late_selection_epsilon(self) -> float:
+        """What a late community's private cluster selection costs (``privacy.
+        selection_epsilon_fraction`` of its budget; only late communities pay it)."""
+        if not self.is_private:
+            return float("inf")  # non-private: the exact best cluster
+        return self.cfg.privacy.target_epsilon * self.cfg.privacy.selection_epsilon_fraction
+
+    def before_round(self, grid: Any, server_round: int) -> None:
+        """Late communities (absent from the warm-up, so without an update to cluster) pick a
+        cluster by report-noisy-max over accuracy on their own data, charged to their ledger."""
+        if server_round <= self.options.warmup_rounds + 1 or not self.late:
+            return  # (in the first round after clustering the cluster models are still alike)
+        now = [c for c in self._sampled(server_round) if c.community_id in self.late]
+        if not now:
+            return
+        chosen = self.select_clusters(
+            grid, server_round, now, sorted(self.clusters), "accuracy", self.late_selection_epsilon
+        )
+        for c in now:
+            cid = c.community_id
+            if cid not in chosen:
+                continue  # refused (budget) or failed: stays late, tries again next round
+            self.assignment[cid] = chosen[cid]
+            self.late.discard(cid)
+            if self.is_private and cid in self.plans:
+                old = self.plans[cid]
+                left = [t for t in self.rounds_of[chosen[cid]] if t >= server_round]
+                self.plans[cid] = self._calibrated_plan(cid, old.sample_rate, old.steps, len(left))
+        self.joined = sorted(set(getattr(self, "joined", [])) | set(chosen))
 
     def round_record(self) -> dict[str, Any]:
         if self.result is None:
@@ -328,6 +373,8 @@ class Cascade(FedcascadeStrategy):
             "clustered_blocks": self.blocks_used,
             "noise_to_signal": getattr(self, "nsr", None),
             "cluster_rounds": {str(k): len(v) for k, v in self.rounds_of.items()},
+            "late": sorted(self.late),
+            "joined_by_selection": getattr(self, "joined", []),
         }
 
     def summary_extras(self) -> dict[str, Any]:

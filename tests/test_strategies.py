@@ -255,3 +255,35 @@ def test_rdpcfl_runs_its_phases_with_a_full_batch_first_round(tmp_path):
         assert blocks[0]["sample_rate"] == 1.0 and blocks[0]["steps"] == 1  # full-batch round 1
         assert all(b["sample_rate"] < 1.0 for b in blocks[1:])
         assert float(row["epsilon"]) <= 3.0 + 1e-9
+
+
+def test_cascade_late_community_joins_by_private_selection(tmp_path, monkeypatch):
+    real = community_runtime.train_community
+
+    def lost_in_warmup(cfg, instr, arrays, state_dir=None):
+        out = real(cfg, instr, arrays, state_dir)
+        if instr.community_id == 1 and instr.server_round == 1:
+            out.arrays = {k: np.full_like(v, np.nan) for k, v in out.arrays.items()}
+        return out
+
+    monkeypatch.setattr("fedcascade.client_app.train_community", lost_in_warmup)
+    run_dir, _ = run(
+        tmp_path,
+        'strategy.name="cascade"',
+        "train.rounds=4",
+        "strategy.options.warmup_rounds=1",
+    )
+    rounds = rounds_of(run_dir)
+    assert rounds[0]["participants"] == [0, 2, 3]  # community 1's warm-up update was unusable
+    # it waits while the new clusters train once, then chooses one privately
+    assert rounds[1]["participants"] == [0, 2, 3] and rounds[1]["late"] == [1]
+    assert rounds[2]["joined_by_selection"] == [1] and rounds[2]["participants"] == [0, 1, 2, 3]
+    rows = rows_of(run_dir)
+    # which cluster it picks is a noisy choice (3% of epsilon over 140 records); that it picked
+    # one of the found clusters, paid for it and stayed within budget is what is checked here
+    assert rows[1]["cluster"] in {rows[0]["cluster"], rows[3]["cluster"]}
+    # the selection was charged (3% of epsilon 3) and the whole run stayed within budget
+    assert float(rows[1]["pure_epsilon"]) == pytest.approx(0.09)
+    assert all(float(r["pure_epsilon"] or 0) == 0 for i, r in enumerate(rows) if i != 1)
+    assert all(float(r["epsilon"]) <= 3.0 + 1e-9 for r in rows)
+    assert rows[1]["status"] == "ok"
