@@ -79,6 +79,24 @@ def read_table(path: str, usecols: list[str] | None = None):  # -> pandas.DataFr
     return df
 
 
+def numeric_matrix(df, columns, where: str = "") -> np.ndarray:  # df: pandas.DataFrame
+    """The ``columns`` of ``df`` as float64; a value that is not a number is a DataError naming
+    the column (prefixed by ``where``, e.g. a node's file) and showing the first bad value."""
+    import pandas as pd
+
+    num = df[list(columns)].apply(pd.to_numeric, errors="coerce")
+    for c in columns:
+        bad = num[c].isna()
+        if bad.any():
+            raise DataError(
+                f"{where}csv column '{c}' (listed in data.csv.numeric)",
+                df.loc[bad, c].iloc[0],
+                f"numbers in every row ({int(bad.sum())} rows are not); list it under "
+                "data.csv.categorical if it is a category",
+            )
+    return num.to_numpy(dtype=np.float64)
+
+
 def _require_columns(available: list[str], wanted: list[str]) -> None:
     for c in wanted:
         if c not in available:
@@ -131,7 +149,6 @@ def build_csv(cfg: DataConfig, seed: int) -> Federation:
         single class, a community with too few rows, or a partition that leaves a community
         without training records.
     """
-    import pandas as pd
 
     cc = cfg.csv
     assert cc is not None  # DataConfig.validate guarantees it
@@ -156,18 +173,7 @@ def build_csv(cfg: DataConfig, seed: int) -> Federation:
     # Features: numeric standardized, categorical one-hot (categories in sorted order).
     blocks = []
     if cc.numeric:
-        num = df[list(cc.numeric)].apply(pd.to_numeric, errors="coerce")
-        for c in cc.numeric:
-            bad = num[c].isna()
-            if bad.any():
-                example = df.loc[bad, c].iloc[0]
-                raise DataError(
-                    f"csv column '{c}' (listed in data.csv.numeric)",
-                    example,
-                    f"numbers in every row ({int(bad.sum())} rows are not); list it under "
-                    "data.csv.categorical if it is a category",
-                )
-        blocks.append(standardize(num.to_numpy(dtype=np.float64))[0])
+        blocks.append(standardize(numeric_matrix(df, cc.numeric))[0])
     feature_names = list(cc.numeric)
     for c in cc.categorical:
         values = df[c].astype(str).to_numpy()

@@ -35,7 +35,7 @@ import numpy as np
 from fedcascade.data.assemble import Unit, communities_from_units, warn_small_test_groups
 from fedcascade.data.build import data_seed
 from fedcascade.data.config import CsvConfig, DataConfig, PartitionConfig
-from fedcascade.data.csvfile import MIN_COMMUNITY_RECORDS, _used_columns, read_table
+from fedcascade.data.csvfile import MIN_COMMUNITY_RECORDS, _used_columns, numeric_matrix, read_table
 from fedcascade.data.tabular import standardize
 from fedcascade.data.types import Community
 from fedcascade.errors import DataError
@@ -124,7 +124,6 @@ def _reference_schema(cc: CsvConfig, stamp: tuple) -> CsvSchema:
     hit = _schema_cache.get(key)
     if hit is not None:
         return hit
-    import pandas as pd
 
     # _used_columns is the reference build's own list, so both drop exactly the same rows.
     with warnings.catch_warnings():
@@ -133,16 +132,7 @@ def _reference_schema(cc: CsvConfig, stamp: tuple) -> CsvSchema:
     if len(df) == 0:
         raise DataError("data.csv.path", cc.path, "rows without missing values in the used columns")
     if cc.numeric:
-        num = df[list(cc.numeric)].apply(pd.to_numeric, errors="coerce")
-        for c in cc.numeric:
-            bad = num[c].isna()
-            if bad.any():
-                raise DataError(
-                    f"{cc.path}: csv column '{c}' (listed in data.csv.numeric)",
-                    df.loc[bad, c].iloc[0],
-                    f"numbers in every row ({int(bad.sum())} rows are not)",
-                )
-        _, means, scales = standardize(num.to_numpy(dtype=np.float64))
+        _, means, scales = standardize(numeric_matrix(df, cc.numeric, f"{cc.path}: "))
     else:
         means, scales = np.zeros(0), np.ones(0)
     schema = CsvSchema(
@@ -222,20 +212,10 @@ def encode_rows(df, schema: CsvSchema, path: str) -> tuple[np.ndarray, np.ndarra
         A non-numeric value in a numeric column, or a category or label value the reference
         file does not have; the message names the file and the column.
     """
-    import pandas as pd
 
     blocks = []
     if schema.numeric:
-        num = df[list(schema.numeric)].apply(pd.to_numeric, errors="coerce")
-        for c in schema.numeric:
-            bad = num[c].isna()
-            if bad.any():
-                raise DataError(
-                    f"{path}: csv column '{c}' (listed in data.csv.numeric)",
-                    df.loc[bad, c].iloc[0],
-                    f"numbers in every row ({int(bad.sum())} rows are not)",
-                )
-        v = num.to_numpy(dtype=np.float64)
+        v = numeric_matrix(df, schema.numeric, f"{path}: ")
         blocks.append(((v - schema.means) / schema.scales).astype(np.float32))
     for c, cats in zip(schema.categorical, schema.categories, strict=True):
         idx = _index_of(
