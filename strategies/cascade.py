@@ -133,6 +133,8 @@ class Cascade(FedcascadeStrategy):
         self.plans: dict[int, DPPlan] = {}
         self.lr_factor: dict[int, float] = {}
         self.late: set[int] = set()  # missed the warm-up: join a cluster by private selection
+        self.joined: list[int] = []  # late communities that have chosen their cluster
+        self.nsr: dict[str, list[float]] | None = None  # noise-to-signal before/after the plan
         self.result = None
 
     # -- privacy ---------------------------------------------------------------------------------
@@ -361,7 +363,7 @@ class Cascade(FedcascadeStrategy):
                 old = self.plans[cid]
                 left = [t for t in self.rounds_of[chosen[cid]] if t >= server_round]
                 self.plans[cid] = self._calibrated_plan(cid, old.sample_rate, old.steps, len(left))
-        self.joined = sorted(set(getattr(self, "joined", [])) | set(chosen))
+        self.joined = sorted(set(self.joined) | set(chosen))
 
     def round_record(self) -> dict[str, Any]:
         if self.result is None:
@@ -371,10 +373,10 @@ class Cascade(FedcascadeStrategy):
             "k": int(self.result.k),
             "bic_scores": {str(k): float(v) for k, v in self.result.scores.items()},
             "clustered_blocks": self.blocks_used,
-            "noise_to_signal": getattr(self, "nsr", None),
+            "noise_to_signal": self.nsr,
             "cluster_rounds": {str(k): len(v) for k, v in self.rounds_of.items()},
             "late": sorted(self.late),
-            "joined_by_selection": getattr(self, "joined", []),
+            "joined_by_selection": self.joined,
         }
 
     def summary_extras(self) -> dict[str, Any]:
