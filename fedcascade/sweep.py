@@ -20,7 +20,7 @@ import statistics
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +177,6 @@ def run_sweep(
             continue
         log(f"[{i}/{len(points)}] {point.name} (elapsed {time.perf_counter() - t0:.0f}s)")
         try:
-            from dataclasses import replace
-
             cfg = replace(point.cfg, output=replace(point.cfg.output, overwrite=True))
             run_one(cfg, run_dir)
             done[key] = run_dir
