@@ -14,6 +14,7 @@ from fedcascade.community_runtime import (
     evaluate_community,
     experiment_from_toml,
     node_data_path,
+    release_community_probe,
     select_cluster,
     served_communities,
     train_community,
@@ -37,9 +38,13 @@ def _data_kwargs(context: Context) -> dict[str, str]:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """``info``: which communities this node serves; ``select``: a private cluster choice."""
-    if str(msg.content[P.CONFIG].get("action", "info")) == "select":
+    """``info``: which communities this node serves; ``select``: a private cluster choice;
+    ``probe``: the community's DP clustering probe."""
+    action = str(msg.content[P.CONFIG].get("action", "info"))
+    if action == "select":
         return _select(msg, context)
+    if action == "probe":
+        return _probe(msg, context)
     cfg = experiment_from_toml(str(msg.content[P.CONFIG]["experiment"]))
     ids = served_communities(context.node_config, cfg.data.n_communities)
     data_path = node_data_path(context.node_config)
@@ -78,6 +83,30 @@ def _select(msg: Message, context: Context) -> Message:
     if out.choice is not None:
         info["choice"] = out.choice
     content = RecordDict({P.INFO: ConfigRecord(info), P.PRIVACY: P.privacy_to_record(out.privacy)})
+    return Message(content, reply_to=msg)
+
+
+def _probe(msg: Message, context: Context) -> Message:
+    conf = msg.content[P.CONFIG]
+    cfg = experiment_from_toml(str(conf["experiment"]))
+    sigma = float(conf["noise-multiplier"])
+    out = release_community_probe(
+        cfg,
+        int(conf["community-id"]),
+        sigma if conf["private"] else None,
+        int(conf["seed"]),
+        _state_dir(context),
+        **_data_kwargs(context),
+    )
+    info = {
+        "community-id": int(conf["community-id"]),
+        "status": out.status,
+        "worker": worker_id(),
+        "n-train": out.n_train,
+    }
+    content = RecordDict({P.INFO: ConfigRecord(info), P.PRIVACY: P.privacy_to_record(out.privacy)})
+    if out.vector is not None:
+        content[P.ARRAYS] = P.arrays_to_record({P.PROBE: out.vector})
     return Message(content, reply_to=msg)
 
 

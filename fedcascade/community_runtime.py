@@ -33,7 +33,7 @@ from fedcascade.models import (
     load_trainable_arrays,
     trainable_arrays,
 )
-from fedcascade.privacy import PrivacyLedger, train_dp
+from fedcascade.privacy import DPPlan, PrivacyLedger, train_dp
 from fedcascade.protocol import STATUS_BUDGET, STATUS_OK, TrainInstruction
 
 # Small matrices: one BLAS thread per worker is faster than contending for the machine's cores
@@ -307,6 +307,51 @@ def evaluate_community(
         out[f"group-correct/{g}"] = int(correct[mask].sum())
         out[f"group-total/{g}"] = int(mask.sum())
     return out
+
+
+@dataclass
+class ProbeOutcome:
+    """A community's DP clustering probe (:mod:`fedcascade.clustering.probe`)."""
+
+    vector: np.ndarray | None  # None when the budget refused the release
+    n_train: int
+    status: str
+    privacy: dict[str, Any]
+
+
+def release_community_probe(
+    cfg: ExperimentConfig,
+    community_id: int,
+    noise_multiplier: float | None,
+    seed: int,
+    state_dir: str | None = None,
+    data_path: str | None = None,
+) -> ProbeOutcome:
+    """Release the community's clustering probe, charged to its ledger *before* it is computed.
+
+    The release is one Gaussian mechanism of sensitivity 1, recorded as the DP-SGD block it
+    equals (``DPPlan(1.0, 1, sigma, 1.0)``); ``noise_multiplier = None`` releases the exact
+    probe (non-private runs, nothing charged).
+    """
+    from fedcascade.clustering.probe import release_probe
+
+    community = community_data(cfg, community_id, data_path)
+    summary = _NON_PRIVATE
+    if noise_multiplier is not None:
+        ledger = open_ledger(cfg, community_id, community.n_train, state_dir)
+        try:
+            ledger.record(DPPlan(1.0, 1, float(noise_multiplier), 1.0))
+        except PrivacyBudgetExceeded:
+            return ProbeOutcome(None, community.n_train, STATUS_BUDGET, ledger.summary())
+        summary = ledger.summary()
+    vector = release_probe(
+        community.x_train.numpy(),
+        community.y_train.numpy(),
+        federation(cfg).n_classes,
+        float(noise_multiplier or 0.0),
+        np.random.default_rng(seed),
+    )
+    return ProbeOutcome(vector, community.n_train, STATUS_OK, summary)
 
 
 @dataclass

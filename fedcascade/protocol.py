@@ -13,6 +13,10 @@ Three message kinds, all Flower ``Message`` objects with a ``RecordDict`` conten
 ``evaluate``
     server -> node, one per community: arrays and instruction. Reply: loss/accuracy and per-group
     correct/total counts on the community's test split.
+``query`` with ``action = "select"`` / ``"probe"``
+    server -> node: pick a cluster model privately (only the index comes back), or release the
+    community's DP clustering probe (``fedcascade.clustering.probe``). Both are charged to the
+    community's ledger before anything is computed; the reply carries the ledger summary.
 
 The hidden sub-distribution id of a community never appears in any message.
 """
@@ -34,6 +38,7 @@ CONFIG = "config"
 METRICS = "metrics"
 PRIVACY = "privacy"
 INFO = "info"
+PROBE = "probe"  # the array name of a released clustering probe
 
 STATUS_OK = "ok"
 STATUS_BUDGET = "budget_exhausted"

@@ -378,6 +378,82 @@ class FedcascadeStrategy(Strategy):
             chosen[cid] = cluster_ids[int(info["choice"])]
         return chosen
 
+    def release_probes(
+        self,
+        grid: Grid,
+        server_round: int,
+        communities: Iterable[CommunityInfo],
+        noise_multiplier: Callable[[CommunityInfo], float | None],
+    ) -> dict[int, tuple[np.ndarray, float]]:
+        """Each community releases its DP clustering probe (:mod:`fedcascade.clustering.probe`).
+
+        ``noise_multiplier(c)`` is ``None`` for an exact (non-private) probe. The release is
+        charged to the community's ledger before it is computed. Returns {community_id: (probe,
+        per-coordinate noise std)}; communities that failed, refused (budget) or sent a malformed
+        probe (wrong dtype or length, non-finite, norm beyond :func:`probe_norm_bound`) are left
+        out with a logged reason.
+        """
+        from fedcascade.clustering.probe import probe_noise_std, probe_norm_bound
+
+        sigmas: dict[int, float | None] = {}
+        msgs = []
+        for c in communities:
+            sigma = noise_multiplier(c)
+            sigmas[c.community_id] = sigma
+            conf = {
+                "action": "probe",
+                "experiment": self.experiment_toml,
+                "community-id": c.community_id,
+                "server-round": server_round,
+                "private": sigma is not None,
+                "noise-multiplier": float(sigma or 0.0),
+                "seed": int(self.rng.integers(2**31)),
+            }
+            content = RecordDict({P.CONFIG: ConfigRecord(conf)})
+            msgs.append(Message(content=content, message_type="query", dst_node_id=c.node_id))
+        got: dict[int, tuple[np.ndarray, int]] = {}
+        for reply in grid.send_and_receive(msgs, timeout=self.cfg.train.timeout_seconds):
+            if failed(reply, "probe"):
+                continue
+            try:
+                info = reply.content[P.INFO]
+                cid = int(info["community-id"])
+                self.privacy[cid] = P.record_to_privacy(reply.content[P.PRIVACY])
+                if str(info["status"]) == P.STATUS_BUDGET:
+                    log(WARNING, "community %s refused its probe: privacy budget exhausted", cid)
+                    self.budget_exhausted.add(cid)
+                    continue
+                vec = P.record_to_arrays(reply.content[P.ARRAYS])[P.PROBE]
+                got[cid] = (vec, int(info["n-train"]))
+            except (KeyError, ValueError, TypeError) as e:
+                log(WARNING, "malformed probe reply dropped: %r", e)
+        shapes = [v.shape for v, _ in got.values()]
+        common = max(set(shapes), key=shapes.count) if shapes else None
+        out: dict[int, tuple[np.ndarray, float]] = {}
+        for cid, (vec, n) in sorted(got.items()):
+            sigma = sigmas.get(cid)
+            problem = None
+            if cid not in sigmas:
+                problem = "no probe was asked of it"
+            elif vec.dtype != np.float64 or vec.ndim != 1 or vec.shape != common:
+                problem = f"probe is {vec.dtype}{list(vec.shape)}, expected float64{list(common)}"
+            elif not np.isfinite(vec).all():
+                problem = "probe has non-finite values"
+            elif n != self.communities[cid].n_train:
+                problem = (
+                    f"probe over {n} records, the community has {self.communities[cid].n_train}"
+                )
+            elif np.linalg.norm(vec) > probe_norm_bound(n, vec.size, sigma or 0.0):
+                problem = (
+                    f"probe norm {np.linalg.norm(vec):.4g} exceeds the bound "
+                    f"{probe_norm_bound(n, vec.size, sigma or 0.0):.4g} its noise allows"
+                )
+            if problem:
+                log(WARNING, "probe of community %s dropped: %s", cid, problem)
+                continue
+            out[cid] = (vec, probe_noise_std(sigma or 0.0, n))
+        return out
+
     def message(
         self, community: CommunityInfo, server_round: int, kind: str, **extra: Any
     ) -> Message:

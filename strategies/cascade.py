@@ -29,11 +29,14 @@ Ours; the formulas are in ``docs/method.md`` (tuned settings: its "Tuning on rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from logging import WARNING
 from typing import Any, Literal
 
 import numpy as np
+from flwr.common import log
 
 from fedcascade.clustering import (
+    assign_by_update,
     cascade_cluster,
     cluster_noise_plan,
     cluster_precision,
@@ -42,6 +45,7 @@ from fedcascade.clustering import (
     dp_update_noise_std,
     flatten_updates,
     gdp_mu,
+    probe_noise_multiplier,
     truncate_lora,
 )
 from fedcascade.clustering.warmup import (
@@ -58,8 +62,19 @@ from strategies.base import Cluster, CommunityInfo, FedcascadeStrategy, Reply, a
 class CascadeOptions:
     """``[strategy.options]`` of ``cascade``."""
 
+    cluster_signal: Literal["probe", "update", "both"] = param(
+        "probe",
+        doc="what is clustered: each community's DP probe, released once before round 1 "
+        "(fedcascade.clustering.probe), its DP adapter updates of the warm-up rounds, or both",
+    )
+    probe_budget: float = param(
+        0.35, gt=0, lt=1, doc="share of the budget (GDP mu^2) the probe spends"
+    )
     warmup_rounds: int = param(
-        1, ge=1, le=1000, doc="rounds of global DP-SGD whose updates are clustered"
+        1,
+        ge=1,
+        le=1000,
+        doc="rounds of global DP-SGD whose updates are clustered (cluster_signal = update)",
     )
     warmup_budget: float | None = param(
         0.5,
@@ -117,12 +132,20 @@ class Cascade(FedcascadeStrategy):
 
         opts = cls.build_options(cfg.strategy.options)
         check(
-            opts.warmup_rounds < cfg.train.rounds,
+            opts.cluster_signal == "probe" or opts.warmup_rounds < cfg.train.rounds,
             "strategy.options.warmup_rounds",
             opts.warmup_rounds,
             f"fewer than train.rounds = {cfg.train.rounds}",
             "cascade needs rounds left after the warm-up",
         )
+        if opts.cluster_signal == "both" and opts.warmup_budget is not None:
+            check(
+                opts.warmup_budget + opts.probe_budget < 1.0,
+                "strategy.options.probe_budget",
+                opts.probe_budget,
+                f"less than 1 - warmup_budget = {1.0 - opts.warmup_budget:g}",
+                "the probe and the warm-up together must leave budget for training",
+            )
 
     def setup(self) -> None:
         super().setup()
@@ -136,6 +159,12 @@ class Cascade(FedcascadeStrategy):
         self.joined: list[int] = []  # late communities that have chosen their cluster
         self.nsr: dict[str, list[float]] | None = None  # noise-to-signal before/after the plan
         self.result = None
+        self.probes: dict[int, tuple[np.ndarray, float]] = {}
+
+    @property
+    def warmup(self) -> int:
+        """Rounds before the clusters exist: 0 with the probe (clustered before round 1)."""
+        return 0 if self.options.cluster_signal == "probe" else self.options.warmup_rounds
 
     # -- privacy ---------------------------------------------------------------------------------
     def planned_schedule(self, community: CommunityInfo) -> list[tuple[float, int]]:
@@ -146,10 +175,10 @@ class Cascade(FedcascadeStrategy):
         ]
 
     def plan(self, community: CommunityInfo, server_round: int) -> DPPlan | None:
-        if server_round > self.options.warmup_rounds and community.community_id in self.plans:
+        if server_round > self.warmup and community.community_id in self.plans:
             return self.plans[community.community_id]
         if (
-            server_round <= self.options.warmup_rounds
+            server_round <= self.warmup
             and self.is_private
             and self.options.warmup_budget is not None
         ):
@@ -171,7 +200,7 @@ class Cascade(FedcascadeStrategy):
         return DPPlan(1.0, o.warmup_steps, sigma, clip)
 
     def participants(self, server_round: int) -> list[CommunityInfo]:
-        if server_round <= self.options.warmup_rounds:
+        if server_round <= self.warmup:
             # the warm-up measures every community from the same model: a community sampled
             # out of it could only be guessed into a cluster (train.participation applies after)
             return [
@@ -191,11 +220,11 @@ class Cascade(FedcascadeStrategy):
 
     def lr(self, community: CommunityInfo, server_round: int) -> float:
         factor = self.lr_factor.get(community.community_id, 1.0)
-        return self.cfg.train.lr * (factor if server_round > self.options.warmup_rounds else 1.0)
+        return self.cfg.train.lr * (factor if server_round > self.warmup else 1.0)
 
     # -- aggregation -------------------------------------------------------------------------------
     def aggregate(self, server_round: int, replies: list[Reply]) -> None:
-        w = self.options.warmup_rounds
+        w = self.warmup
         if server_round <= w:
             sent = self.clusters[0].arrays
             self.history.append(
@@ -241,14 +270,61 @@ class Cascade(FedcascadeStrategy):
                 [np.arange(slices[b].start, slices[b].stop) for b in self.blocks_used]
             )
             hist = [h[:, cols] for h in hist]
-        self.result = cascade_cluster(
-            hist, scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
+        if self.options.cluster_signal == "both":
+            ids, hist, scales = self._with_probes(ids, hist, scales)
+        self._install(
+            cascade_cluster(
+                hist, scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
+            ),
+            ids,
         )
-        labels = {c: int(self.result.labels[i]) for i, c in enumerate(ids)}
+
+    def _with_probes(
+        self, ids: list[int], hist: list[np.ndarray], scales: np.ndarray | None
+    ) -> tuple[list[int], list[np.ndarray], np.ndarray | None]:
+        """Append each community's probe to its combined warm-up update, both whitened by their
+        own DP noise (unit variance per coordinate), so the noise-corrected Gram matrix adds the
+        two signals. Communities lacking either are late."""
+        keep = [i for i, c in enumerate(ids) if c in self.probes]
+        ids = [ids[i] for i in keep]
+        hist = [h[keep] for h in hist]
+        P = np.stack([self.probes[c][0] for c in ids]) if ids else np.zeros((0, 1))
+        if scales is None:  # non-private: no noise to whiten by; give both parts equal weight
+            U = np.mean(hist, axis=0)
+            parts = [X / max(np.linalg.norm(X) / np.sqrt(max(len(ids), 1)), 1e-12) for X in (U, P)]
+            return ids, [np.hstack(parts)], None
+        U, v = combine_rounds(hist, scales[:, keep])
+        ps = np.array([self.probes[c][1] for c in ids])
+        white = np.hstack([U / np.sqrt(v)[:, None], P / ps[:, None]])
+        self.blocks_used = [*self.blocks_used, "probe"]
+        return ids, [white], np.ones((1, len(ids)))
+
+    def _cluster_probes(self, probes: dict[int, tuple[np.ndarray, float]]) -> None:
+        """Cluster the communities' DP probes (post-processing, free)."""
+        ids = sorted(probes)
+        if not ids:
+            log(WARNING, "cascade: no community released a probe; one cluster for everyone")
+            self._install(None, [])
+            return
+        U = np.stack([probes[c][0] for c in ids])
+        scales = np.array([[probes[c][1] for c in ids]]) if self.is_private else None
+        self.blocks_used = ["probe"]
+        self._install(
+            cascade_cluster(
+                [U], scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
+            ),
+            ids,
+        )
+
+    def _install(self, result: Any, ids: list[int]) -> None:
+        """Adopt a clustering of the communities ``ids``: assignment, ranks, cluster models and
+        the rest of the run's DP plans. Communities not in ``ids`` are late."""
+        self.result = result
+        labels = {c: int(result.labels[i]) for i, c in enumerate(ids)} if result else {}
         largest = 0  # clusters are ordered by size; a placeholder until a late community selects
         self.assignment = {c: labels.get(c, largest) for c in self.communities}
         self.late = {c for c in self.communities if c not in labels}
-        k = self.result.k
+        k = result.k if result else 1
         cids = sorted(self.communities)
         records = np.array([self.communities[c].n_train for c in cids])
         lab = np.array([self.assignment[c] for c in cids])
@@ -280,7 +356,7 @@ class Cascade(FedcascadeStrategy):
     def _plan_rest(
         self, cids: list[int], records: np.ndarray, lab: np.ndarray, ranks: np.ndarray
     ) -> None:
-        w, rounds = self.options.warmup_rounds, self.cfg.train.rounds
+        w, rounds = self.warmup, self.cfg.train.rounds
         rest = rounds - w
         if not self.is_private:
             self.rounds_of = {k: list(range(w + 1, rounds + 1)) for k in range(len(ranks))}
@@ -324,7 +400,9 @@ class Cascade(FedcascadeStrategy):
             for b in self.privacy.get(c, {}).get("blocks", [])
         ]
         pure = float(self.privacy.get(c, {}).get("epsilon_pure", 0.0))
-        reserve = self.late_selection_epsilon if c in self.late else 0.0
+        # (probe mode: a late community's plan is recalibrated once its probe is on the ledger)
+        selects = c in self.late and self.options.cluster_signal != "probe"
+        reserve = self.late_selection_epsilon if selects else 0.0
         sigma = calibrate_noise_multiplier(
             self.training_epsilon - pure - reserve,
             self.delta(self.communities[c]),
@@ -343,9 +421,21 @@ class Cascade(FedcascadeStrategy):
         return self.cfg.privacy.target_epsilon * self.cfg.privacy.selection_epsilon_fraction
 
     def before_round(self, grid: Any, server_round: int) -> None:
-        """Late communities (absent from the warm-up, so without an update to cluster) pick a
-        cluster by report-noisy-max over accuracy on their own data, charged to their ledger."""
-        if server_round <= self.options.warmup_rounds + 1 or not self.late:
+        """Probe mode: every community releases its DP probe before round 1 and the clusters are
+        formed from them; a community whose probe is missing (failed, refused, joined late)
+        releases it when it is next sampled and joins the nearest cluster by
+        :func:`assign_by_update` (post-processing of its probe, free).
+
+        Update mode: late communities (absent from the warm-up, so without an update to cluster)
+        pick a cluster by report-noisy-max over accuracy on their own data, charged."""
+        if self.options.cluster_signal == "probe":
+            self._probe_round(grid, server_round)
+            return
+        if self.options.cluster_signal == "both" and server_round == 1:
+            everyone = [c for cid, c in sorted(self.communities.items())]
+            self.probes = self.release_probes(grid, server_round, everyone, self._probe_sigma)
+            return
+        if server_round <= self.warmup + 1 or not self.late:
             return  # (in the first round after clustering the cluster models are still alike)
         now = [c for c in self._sampled(server_round) if c.community_id in self.late]
         if not now:
@@ -353,31 +443,68 @@ class Cascade(FedcascadeStrategy):
         chosen = self.select_clusters(
             grid, server_round, now, sorted(self.clusters), "accuracy", self.late_selection_epsilon
         )
-        for c in now:
-            cid = c.community_id
-            if cid not in chosen:
-                continue  # refused (budget) or failed: stays late, tries again next round
-            self.assignment[cid] = chosen[cid]
+        self._join(chosen, server_round)
+
+    def _probe_round(self, grid: Any, server_round: int) -> None:
+        if server_round == 1:
+            everyone = [c for cid, c in sorted(self.communities.items())]
+            self.probes = self.release_probes(grid, server_round, everyone, self._probe_sigma)
+            self._cluster_probes(self.probes)
+            return
+        now = [c for c in self._sampled(server_round) if c.community_id in self.late]
+        if not now:
+            return
+        new = self.release_probes(grid, server_round, now, self._probe_sigma)
+        if not new:
+            return
+        self.probes.update(new)
+        if self.result is None:
+            # nobody had a probe before: nothing has trained yet, so cluster from scratch
+            self._cluster_probes(self.probes)
+            return
+        ids = sorted(new)
+        labels, _ = assign_by_update(
+            np.stack([new[c][0] for c in ids]),
+            np.array([new[c][1] for c in ids]) if self.is_private else 0.0,
+            self.result,
+        )
+        self._join({c: int(labels[i]) for i, c in enumerate(ids)}, server_round)
+
+    def _probe_sigma(self, community: CommunityInfo) -> float | None:
+        if not self.is_private:
+            return None
+        return probe_noise_multiplier(
+            self.training_epsilon, self.delta(community), self.options.probe_budget
+        )
+
+    def _join(self, chosen: dict[int, int], server_round: int) -> None:
+        """Late communities join their chosen clusters; the rest of their run is re-planned
+        against what their ledgers now hold."""
+        for cid, k in chosen.items():
+            self.assignment[cid] = k
             self.late.discard(cid)
             if self.is_private and cid in self.plans:
                 old = self.plans[cid]
-                left = [t for t in self.rounds_of[chosen[cid]] if t >= server_round]
+                left = [t for t in self.rounds_of[k] if t >= server_round]
                 self.plans[cid] = self._calibrated_plan(cid, old.sample_rate, old.steps, len(left))
         self.joined = sorted(set(self.joined) | set(chosen))
 
     def round_record(self) -> dict[str, Any]:
-        if self.result is None:
+        if not self.rounds_of:
             return {"phase": "warm-up"}
         return {
             "phase": "clustered",
-            "k": int(self.result.k),
-            "bic_scores": {str(k): float(v) for k, v in self.result.scores.items()},
+            "cluster_signal": self.options.cluster_signal,
+            "k": len(self.clusters),
+            "criterion_scores": (
+                {str(k): float(v) for k, v in self.result.scores.items()} if self.result else {}
+            ),
             "clustered_blocks": self.blocks_used,
             "noise_to_signal": self.nsr,
             "cluster_rounds": {str(k): len(v) for k, v in self.rounds_of.items()},
             "late": sorted(self.late),
-            "joined_by_selection": self.joined,
+            "joined_late": self.joined,
         }
 
     def summary_extras(self) -> dict[str, Any]:
-        return {"k": int(self.result.k) if self.result is not None else 1}
+        return {"k": len(self.clusters)}

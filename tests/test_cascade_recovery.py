@@ -20,6 +20,9 @@ from strategies.cascade import Cascade
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = REPO / "experiments" / "disparity_synthetic.toml"
+DIGITS = REPO / "experiments" / "disparity_digits.toml"
+#: the clustering signal of the update-mode warm-up (the original cascade)
+UPDATE_MODE = ('strategy.options.cluster_signal="update"', "strategy.options.warmup_rounds=2")
 
 # Three sub-distributions {4, 4, 2}, the 2 marginalized ones with half the records; 5 rounds.
 SMALL = """
@@ -59,8 +62,6 @@ rounds = 5
 lr = 0.1
 [strategy]
 name = "cascade"
-[strategy.options]
-warmup_rounds = 2
 [simulation]
 engine = "inline"
 """
@@ -91,7 +92,9 @@ def small(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cascade_recovers_a_small_world_and_spends_exactly_the_budget(small, tmp_path, seed):
-    summary, rounds, rows = _run(small, tmp_path / "run", f"seed={seed}")
+    # the small world's sub-distributions differ in what the backbone represents, so the
+    # warm-up update signal is the one to cluster (docs/method.md: "Which signal")
+    summary, rounds, rows = _run(small, tmp_path / "run", f"seed={seed}", *UPDATE_MODE)
     rec = _recovery(rounds, rows)
     assert summary["ari"] >= 0.9 and rec["ari"] >= 0.9
     assert summary["k"] == 3 and rec["minority_recovered"]
@@ -103,6 +106,21 @@ def test_cascade_recovers_a_small_world_and_spends_exactly_the_budget(small, tmp
         assert 0.97 * 3.0 <= float(r["epsilon"]) <= 3.0
     # the pure-noise LoRA A blocks (B = 0 at the start) are not clustered on
     assert all("lora_A" not in b for b in rounds[-1]["clustered_blocks"])
+
+
+def test_probe_and_update_signals_together_spend_exactly_the_budget(small, tmp_path):
+    summary, rounds, rows = _run(
+        small,
+        tmp_path / "run",
+        'strategy.options.cluster_signal="both"',
+        "strategy.options.warmup_budget=0.5",
+        "strategy.options.probe_budget=0.25",
+    )
+    assert rounds[0]["clustered_blocks"][-1] == "probe"  # clustered after the warm-up round
+    for r in rows:
+        probe, warmup = json.loads(r["privacy_blocks"])[:2]
+        assert (probe["sample_rate"], probe["steps"], warmup["sample_rate"]) == (1.0, 1, 1.0)
+        assert 0.97 * 3.0 <= float(r["epsilon"]) <= 3.0
 
 
 def test_cascade_recovers_the_synthetic_benchmark_at_epsilon_3(tmp_path):
@@ -131,7 +149,7 @@ def test_noise_plan_keeps_the_learning_progress_of_the_base_plan(small, tmp_path
     monkeypatch.setattr(Cascade, "setup", keep)
     summary, rounds, rows = _run(small, tmp_path / "run")
     strat = seen[0]
-    w, total = strat.options.warmup_rounds, strat.cfg.train.rounds
+    w, total = strat.warmup, strat.cfg.train.rounds
     for c, info in strat.communities.items():
         plan = strat.plans[c]
         n_rounds = len(strat.rounds_of[strat.assignment[c]])
@@ -150,6 +168,7 @@ def test_ablation_turns_both_levers_off(small, tmp_path):
         tmp_path / "run",
         "strategy.options.noise_scaling=false",
         "strategy.options.rank_scaling=false",
+        *UPDATE_MODE,
     )
     assert summary["ari"] >= 0.9
     last = rounds[-1]
@@ -161,8 +180,39 @@ def test_ablation_turns_both_levers_off(small, tmp_path):
         assert blocks[-1]["sample_rate"] == pytest.approx(32 / int(r["n_train"]))
 
 
-def test_warm_up_measures_every_community_even_with_partial_participation(small, tmp_path):
+def test_every_community_is_measured_even_with_partial_participation(small, tmp_path):
     summary, rounds, rows = _run(small, tmp_path / "run", "train.participation=0.6")
+    assert all(len(r["participants"]) < 10 for r in rounds)  # sampling applies to training
+    # but every community released its probe before round 1 (first ledger block), so every one
+    # was clustered rather than guessed into a cluster
+    assert all(json.loads(r["privacy_blocks"])[0]["steps"] == 1 for r in rows)
+    assert rounds[0]["late"] == [] and len(rounds[0]["assignment"]) == 10
+
+
+def test_warm_up_measures_every_community_even_with_partial_participation(small, tmp_path):
+    summary, rounds, rows = _run(small, tmp_path / "run", "train.participation=0.6", *UPDATE_MODE)
     assert rounds[0]["participants"] == list(range(10))
     assert all(len(r["participants"]) < 10 for r in rounds[2:])  # sampling applies afterwards
     assert summary["ari"] >= 0.9
+
+
+def _digits_recovery(tmp_path: Path, seed: int) -> None:
+    summary, rounds, rows = _run(
+        DIGITS, tmp_path / "run", f"seed={seed}", "privacy.target_epsilon=3.0"
+    )
+    rec = _recovery(rounds, rows)
+    # all four rotations, the 3-community minority included, from the first round on
+    assert [r["ari"] for r in rounds] == [1.0] * len(rounds), rounds[0]["assignment"]
+    assert summary["k"] == 4 and rec["minority_recovered"]
+    assert summary["max_epsilon_spent"] <= 3.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cascade_recovers_the_digits_rotations_at_epsilon_3(tmp_path, seed):
+    _digits_recovery(tmp_path, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_cascade_recovers_the_digits_rotations_on_more_seeds(tmp_path, seed):
+    _digits_recovery(tmp_path, seed)

@@ -181,7 +181,11 @@ def test_cascade_recovers_planted_clusters_and_follows_its_formulas(tmp_path):
     from fedcascade.clustering import cluster_precision, cluster_ranks, gdp_mu
 
     run_dir, _ = run(
-        tmp_path, 'strategy.name="cascade"', "train.rounds=4", "strategy.options.warmup_rounds=2"
+        tmp_path,
+        'strategy.name="cascade"',
+        "train.rounds=4",
+        'strategy.options.cluster_signal="update"',
+        "strategy.options.warmup_rounds=2",
     )
     rounds = rounds_of(run_dir)
     assert [r["phase"] for r in rounds] == ["warm-up", "clustered", "clustered", "clustered"]
@@ -205,7 +209,6 @@ def test_cascade_ablation_switches_scaling_off(tmp_path):
         tmp_path,
         'strategy.name="cascade"',
         "train.rounds=3",
-        "strategy.options.warmup_rounds=2",
         "strategy.options.rank_scaling=false",
         "strategy.options.noise_scaling=false",
     )
@@ -271,13 +274,14 @@ def test_cascade_late_community_joins_by_private_selection(tmp_path, monkeypatch
         tmp_path,
         'strategy.name="cascade"',
         "train.rounds=4",
+        'strategy.options.cluster_signal="update"',
         "strategy.options.warmup_rounds=1",
     )
     rounds = rounds_of(run_dir)
     assert rounds[0]["participants"] == [0, 2, 3]  # community 1's warm-up update was unusable
     # it waits while the new clusters train once, then chooses one privately
     assert rounds[1]["participants"] == [0, 2, 3] and rounds[1]["late"] == [1]
-    assert rounds[2]["joined_by_selection"] == [1] and rounds[2]["participants"] == [0, 1, 2, 3]
+    assert rounds[2]["joined_late"] == [1] and rounds[2]["participants"] == [0, 1, 2, 3]
     rows = rows_of(run_dir)
     # which cluster it picks is a noisy choice (3% of epsilon over 140 records); that it picked
     # one of the found clusters, paid for it and stayed within budget is what is checked here
@@ -287,3 +291,76 @@ def test_cascade_late_community_joins_by_private_selection(tmp_path, monkeypatch
     assert all(float(r["pure_epsilon"] or 0) == 0 for i, r in enumerate(rows) if i != 1)
     assert all(float(r["epsilon"]) <= 3.0 + 1e-9 for r in rows)
     assert rows[1]["status"] == "ok"
+
+
+def _probe_block(row: dict[str, str]) -> dict:
+    return json.loads(row["privacy_blocks"])[0]
+
+
+def test_cascade_clusters_dp_probes_before_round_one(tmp_path):
+    from fedcascade.clustering import probe_noise_multiplier
+
+    run_dir, grid = run(tmp_path, 'strategy.name="cascade"', "train.rounds=3")
+    rounds = rounds_of(run_dir)
+    assert all(r["phase"] == "clustered" for r in rounds)  # clusters exist from round 1
+    assert rounds[0]["ari"] == 1.0 and rounds[0]["k"] == 2
+    assert rounds[0]["clustered_blocks"] == ["probe"]
+    probes = [
+        m
+        for m in grid.sent
+        if m.metadata.message_type == "query" and m.content["config"]["action"] == "probe"
+    ]
+    assert sorted(int(m.content["config"]["community-id"]) for m in probes) == [0, 1, 2, 3]
+    for r in rows_of(run_dir):
+        # the probe is one Gaussian release of sensitivity 1, on the ledger as the full-batch
+        # DP-SGD step it equals, spending 35% of the GDP budget; the rest is training
+        block = _probe_block(r)
+        assert (block["sample_rate"], block["steps"], block["max_grad_norm"]) == (1.0, 1, 1.0)
+        assert block["noise_multiplier"] == pytest.approx(
+            probe_noise_multiplier(3.0, float(r["delta"]), 0.35)
+        )
+        assert float(r["pure_epsilon"] or 0) == 0.0
+        assert 0.97 * 3.0 <= float(r["epsilon"]) <= 3.0 + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("poison", "reason"),
+    [
+        (lambda v: np.full_like(v, np.nan), "non-finite"),
+        (lambda v: v[:-1], "expected float64"),
+        (lambda v: v.astype(np.float32), "expected float64"),
+        (lambda v: v * 1e6, "exceeds the bound"),
+    ],
+)
+def test_a_bad_probe_is_dropped_and_its_community_joins_by_its_next_one(
+    tmp_path, monkeypatch, caplog, poison, reason
+):
+    real = community_runtime.release_community_probe
+    calls: list[int] = []
+
+    def first_bad(cfg, community_id, sigma, seed, state_dir=None):
+        out = real(cfg, community_id, sigma, seed, state_dir)
+        if community_id == 1 and not calls:
+            calls.append(1)
+            out.vector = poison(out.vector)
+        return out
+
+    monkeypatch.setattr("fedcascade.client_app.release_community_probe", first_bad)
+    run_dir, _ = run(tmp_path, 'strategy.name="cascade"', "train.rounds=3")
+    assert any(
+        "probe of community 1 dropped" in r.getMessage() and reason in r.getMessage()
+        for r in caplog.records
+    )
+    rounds = rounds_of(run_dir)
+    assert rounds[0]["participants"] == [0, 2, 3] and rounds[0]["late"] == [1]
+    # round 2: it releases a new probe and joins the nearest cluster (post-processing, free)
+    assert rounds[1]["joined_late"] == [1] and rounds[1]["participants"] == [0, 1, 2, 3]
+    rows = rows_of(run_dir)
+    assert rows[1]["cluster"] == rows[0]["cluster"] == rows[2]["cluster"] != rows[3]["cluster"]
+    assert rounds[-1]["ari"] == 1.0
+    # both of its releases were charged (the bad one too: the ledger pays before computing),
+    # no pure-DP selection was needed, and the rest of its run was recalibrated to fit
+    blocks = json.loads(rows[1]["privacy_blocks"])
+    assert [b["sample_rate"] for b in blocks[:2]] == [1.0, 1.0]
+    assert float(rows[1]["pure_epsilon"] or 0) == 0.0
+    assert all(float(r["epsilon"]) <= 3.0 + 1e-9 for r in rows)

@@ -94,12 +94,17 @@ def fake_run_logged(calls):
 
 def test_select_best_picks_the_best_validation_value_per_strategy(tmp_path):
     exp = tmp_path / "e.toml"
-    exp.write_text('[sweep.grid]\n"strategy.name" = ["fedavg", "dp-fedavg"]\n"train.lr" = [0.05, 0.1, 0.3]\n')
+    exp.write_text(
+        '[sweep.grid]\n"strategy.name" = ["fedavg", "dp-fedavg"]\n"train.lr" = [0.05, 0.1, 0.3]\n'
+    )
 
     def run_one(cfg, run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         # fedavg peaks at 0.3; dp-fedavg is flat (a tie, so the default 0.1 wins)
-        val = {"fedavg": {0.05: 0.5, 0.1: 0.6, 0.3: 0.7}, "dp-fedavg": {0.05: 0.4, 0.1: 0.4, 0.3: 0.4}}
+        val = {
+            "fedavg": {0.05: 0.5, 0.1: 0.6, 0.3: 0.7},
+            "dp-fedavg": {0.05: 0.4, 0.1: 0.4, 0.3: 0.4},
+        }
         v = val[cfg.strategy.name][cfg.train.lr]
         (run_dir / "summary.json").write_text(json.dumps({"accuracy": 0.0, "val_accuracy": v}))
         return run_dir
@@ -108,4 +113,6 @@ def test_select_best_picks_the_best_validation_value_per_strategy(tmp_path):
     best = select_best(out, "strategy.name", "train.lr", "val_accuracy", default=0.1)
     assert best == {"fedavg": 0.3, "dp-fedavg": 0.1}
     rules = where_rules(best, "strategy.name", "train.lr")
-    assert 'match = { "strategy.name" = "fedavg" }' in rules and 'set = { "train.lr" = 0.3 }' in rules
+    assert (
+        'match = { "strategy.name" = "fedavg" }' in rules and 'set = { "train.lr" = 0.3 }' in rules
+    )

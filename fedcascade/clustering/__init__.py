@@ -50,6 +50,14 @@ from fedcascade.clustering.noise_plan import (
     participation_rounds,
     warmup_share,
 )
+from fedcascade.clustering.probe import (
+    probe_dimension,
+    probe_features,
+    probe_noise_multiplier,
+    probe_noise_std,
+    probe_norm_bound,
+    release_probe,
+)
 from fedcascade.clustering.ranks import cluster_ranks, lora_param_count
 from fedcascade.clustering.rdpcfl import (
     RDPCFLClustering,
@@ -78,6 +86,12 @@ from fedcascade.clustering.updates import (
 )
 
 __all__ = [
+    "probe_dimension",
+    "probe_features",
+    "probe_noise_multiplier",
+    "probe_noise_std",
+    "probe_norm_bound",
+    "release_probe",
     "ClusterResult",
     "GMMFit",
     "NoisePlan",
