@@ -45,15 +45,18 @@ from fedcascade.clustering import (
     dp_update_noise_std,
     flatten_updates,
     gdp_mu,
+    hetlora_aggregate,
     probe_noise_multiplier,
     truncate_lora,
 )
+from fedcascade.clustering.lora_aggregate import lora_layers
 from fedcascade.clustering.warmup import (
     block_slices,
     select_signal_blocks,
     warmup_noise_multiplier,
 )
 from fedcascade.configtools import param
+from fedcascade.errors import ConfigError
 from fedcascade.privacy import DPPlan, calibrate_noise_multiplier
 from strategies.base import Cluster, CommunityInfo, FedcascadeStrategy, Reply, average_arrays
 
@@ -94,6 +97,12 @@ class CascadeOptions:
     k_max: int = param(8, ge=1, le=1000, doc="largest number of clusters considered")
     criterion: Literal["bic", "silhouette", "edge"] = param(
         "silhouette", doc="how the number of clusters is chosen"
+    )
+    shared: tuple[str, ...] = param(
+        (),
+        doc="adapter tensors (by name substring) kept as ONE global adapter aggregated over "
+        "every cluster, the rest per cluster; e.g. ['features'] shares the LoRA adapters of the "
+        "backbone and keeps a head per cluster. Must keep LoRA A/B pairs together",
     )
     noise_scaling: bool = param(
         True, doc="precision weights and per-cluster rounds (off: FedAvg weights, every round)"
@@ -159,7 +168,29 @@ class Cascade(FedcascadeStrategy):
         self.joined: list[int] = []  # late communities that have chosen their cluster
         self.nsr: dict[str, list[float]] | None = None  # noise-to-signal before/after the plan
         self.result = None
+        self.shared_keys = self._shared_keys()
         self.probes: dict[int, tuple[np.ndarray, float]] = {}
+
+    def _shared_keys(self) -> list[str]:
+        """The adapter tensors ``shared`` names; a LoRA pair is shared whole or not at all."""
+        arrays = self.clusters[0].arrays
+        keys = [k for k in arrays if any(pat in k for pat in self.options.shared)]
+        for pat in self.options.shared:
+            if not any(pat in k for k in arrays):
+                raise ConfigError(
+                    "strategy.options.shared",
+                    pat,
+                    f"a substring of an adapter tensor name: {sorted(arrays)}",
+                )
+        for a_name, b_name in lora_layers(arrays).values():
+            if (a_name in keys) != (b_name in keys):
+                raise ConfigError(
+                    "strategy.options.shared",
+                    list(self.options.shared),
+                    "patterns that keep each LoRA pair together",
+                    f"{a_name if a_name in keys else b_name} is shared but its partner is not",
+                )
+        return keys
 
     @property
     def warmup(self) -> int:
@@ -238,6 +269,25 @@ class Cascade(FedcascadeStrategy):
         for cluster_id, members in self.by_cluster(replies).items():
             weights = [self.weights.get(r.community_id, r.n_train) for r in members]
             self.clusters[cluster_id].arrays = average_arrays([r.arrays for r in members], weights)
+        if self.shared_keys and replies:
+            self._aggregate_shared(replies)
+
+    def _aggregate_shared(self, replies: list[Reply]) -> None:
+        """The shared global part: every reply, whatever its cluster, padded to the largest rank
+        and averaged with the same weights (HetLoRA), then handed back to each cluster at its
+        rank. Clusters that did not train this round get it too: it is one adapter."""
+        alpha = self.cfg.model.lora_alpha
+        r_max = max(c.rank for c in self.clusters.values())
+        glob = hetlora_aggregate(
+            [{k: r.arrays[k] for k in self.shared_keys} for r in replies],
+            [self.weights.get(r.community_id, r.n_train) for r in replies],
+            r_max,
+            alpha,
+        )
+        for cluster in self.clusters.values():
+            part = truncate_lora(glob, cluster.rank, alpha)
+            dtypes = {k: cluster.arrays[k].dtype for k in part}
+            cluster.arrays.update({k: v.astype(dtypes[k]) for k, v in part.items()})
 
     @staticmethod
     def _delta(reply: Reply, sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -364,3 +364,34 @@ def test_a_bad_probe_is_dropped_and_its_community_joins_by_its_next_one(
     assert [b["sample_rate"] for b in blocks[:2]] == [1.0, 1.0]
     assert float(rows[1]["pure_epsilon"] or 0) == 0.0
     assert all(float(r["epsilon"]) <= 3.0 + 1e-9 for r in rows)
+
+
+def test_cascade_shared_global_adapter_is_one_adapter_across_clusters(tmp_path):
+    from fedcascade.clustering import truncate_lora
+    from fedcascade.results import load_models
+
+    run_dir, _ = run(
+        tmp_path,
+        'strategy.name="cascade"',
+        "train.rounds=3",
+        'strategy.options.shared=["features"]',
+    )
+    assert rounds_of(run_dir)[-1]["k"] == 2
+    models = load_models(run_dir)
+    (r_small, small), (r_big, big) = sorted(models.values(), key=lambda m: m[0])
+    shared = [k for k in big if k.startswith("features")]
+    assert shared and len(shared) < len(big)
+    # the shared part is one global adapter: each cluster holds it at its own rank
+    cut = truncate_lora({k: big[k] for k in shared}, r_small, load_config(TINY).model.lora_alpha)
+    for k in shared:
+        np.testing.assert_allclose(small[k], cut[k], rtol=1e-5, atol=1e-7)
+    # the heads stay per cluster
+    assert not np.allclose(small["head.weight"], big["head.weight"])
+
+
+@pytest.mark.parametrize(
+    ("patterns", "match"), [('["lora_A"]', "partner"), ('["decoder"]', "substring")]
+)
+def test_cascade_shared_patterns_are_checked(tmp_path, patterns, match):
+    with pytest.raises(ConfigError, match=match):
+        run(tmp_path, 'strategy.name="cascade"', f"strategy.options.shared={patterns}")
