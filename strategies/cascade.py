@@ -1,27 +1,36 @@
 """``cascade``: noise-aware clustering, then noise and adapter capacity scaled by cluster size.
 
-Ours; the formulas are in ``docs/method.md`` (tuned settings: its "Tuning on real runs"). In order:
+Ours; the formulas are in ``docs/method.md``. In order:
 
-1. warm-up: ``warmup_rounds`` rounds of *full-batch* DP-SGD on one global adapter that together
-   spend ``warmup_budget`` of each community's GDP budget (:func:`warmup_noise_multiplier`;
-   full-batch steps compose exactly, and at the small noise multipliers a mini-batch warm-up would
-   need, subsampling wastes about half the precision); every community's update (reply minus the
-   model it was sent) is kept with its known DP-noise scale;
-2. clustering (post-processing of DP updates, free): the blocks whose spread across communities
-   beats the known noise are kept (:func:`select_signal_blocks`; LoRA ``A`` carries only noise
-   while ``B = 0``), then :func:`cascade_cluster` averages the warm-up rounds, removes the noise
-   variance from the Gram matrix, embeds above the noise edge and picks the number of clusters;
-   every community takes part in the warm-up whatever ``train.participation`` (a community
-   whose reply failed joins the largest cluster);
+1. the clustering signal (``cluster_signal``):
+
+   * ``"probe"`` (default): before round 1 every community releases a DP probe of its data, the
+     class-conditional means of its record-standardised inputs (one Gaussian release of
+     sensitivity 1 spending ``probe_budget`` of its GDP budget, charged to its ledger;
+     :mod:`fedcascade.clustering.probe`). A frozen pretrained backbone can hide a covariate
+     shift from the adapter's gradient; the probe sees the input.
+   * ``"update"``: ``warmup_rounds`` rounds of *full-batch* DP-SGD on one global adapter that
+     together spend ``warmup_budget`` of each budget (:func:`warmup_noise_multiplier`); every
+     community's update (reply minus the model it was sent) is kept with its known noise scale,
+     and only the blocks whose spread beats the noise are clustered
+     (:func:`select_signal_blocks`; LoRA ``A`` carries only noise while ``B = 0``).
+   * ``"both"``: the warm-up update with the probe appended, each whitened by its own noise.
+
+2. clustering (post-processing of DP releases, free): :func:`cascade_cluster` removes the noise
+   variance from the Gram matrix, embeds above the noise edge and picks the number of clusters.
+   Every community is measured whatever ``train.participation``; one whose probe is missing
+   releases it when next sampled and joins by :func:`assign_by_update` (free), one whose warm-up
+   update is missing picks a cluster by report-noisy-max (charged);
 3. capacity: each cluster's LoRA rank scales with its precision ``Pi_k = sum N_i^2 mu_i^2``
    (:func:`cluster_ranks`), small clusters train fewer parameters, so less noise;
 4. noise: :func:`cluster_noise_plan` gives precision-weighted aggregation inside a cluster, sample
    rates high enough for efficient accounting (``sigma_target``) and, if ``min_round_fraction <
    1``, fewer rounds for small clusters; the learning rate is scaled so that ``lr x steps`` over
-   the rest of the run stays what the base plan had (``lr_scaling``: without it the bigger
-   batches cut the steps, and the minority's progress, by 4-14x). Each community's noise
+   the rest of the run stays what the base plan had (``lr_scaling``). Each community's noise
    multiplier for the rest of the run is recalibrated against what its ledger already holds
-   (``calibrate_noise_multiplier(..., spent=...)``), so the total is exact.
+   (``calibrate_noise_multiplier(..., spent=...)``), so the total is exact;
+5. optionally a shared global adapter (``shared``): the named tensors are aggregated over every
+   cluster (HetLoRA padding across ranks) and the rest stay per cluster.
 
 ``noise_scaling = false`` and ``rank_scaling = false`` switch 3 and 4 off (the ablation).
 """

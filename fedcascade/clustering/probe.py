@@ -77,10 +77,17 @@ def probe_features(x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
         fail("x", x, "an array of shape (n, ...) with n >= 1 records")
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         fail("y", y, f"{n} integer labels")
-    if n_classes < 2 or y.min() < 0 or y.max() >= n_classes:
-        fail("y", y, f"labels in 0 .. {n_classes - 1} with n_classes >= 2")
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        fail("n_classes", n_classes, "an integer >= 2")
+    if y.min() < 0 or y.max() >= n_classes:
+        fail("y", y, f"labels in 0 .. {n_classes - 1}")
+    if not np.isfinite(x).all():
+        fail("x", x, "finite values")
     z = x.reshape(n, -1)
     z = z - z.mean(axis=1, keepdims=True)
+    # scale by the largest entry first so the norm neither overflows nor underflows
+    peak = np.abs(z).max(axis=1, keepdims=True)
+    z = np.divide(z, peak, out=np.zeros_like(z), where=peak > 0)
     norms = np.linalg.norm(z, axis=1, keepdims=True)
     z = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
     coef = np.full((n, n_classes), 1.0 / n_classes)
