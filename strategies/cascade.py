@@ -4,17 +4,19 @@ Ours; the formulas are in ``docs/method.md``. In order:
 
 1. the clustering signal (``cluster_signal``):
 
-   * ``"probe"`` (default): before round 1 every community releases a DP probe of its data, the
+   * ``"both"`` (default): the two below together, each whitened by its own DP noise, so the
+     noise-corrected Gram matrix adds their signals (they fail on different data: the probe
+     where a shift shows in the input's class-conditional means but not the backbone, the
+     update where it shows in the backbone's features; docs/method.md, "Which signal").
+   * ``"probe"``: before round 1 every community releases a DP probe of its data, the
      class-conditional means of its record-standardised inputs (one Gaussian release of
      sensitivity 1 spending ``probe_budget`` of its GDP budget, charged to its ledger;
-     :mod:`fedcascade.clustering.probe`). A frozen pretrained backbone can hide a covariate
-     shift from the adapter's gradient; the probe sees the input.
+     :mod:`fedcascade.clustering.probe`); clusters exist from round 1.
    * ``"update"``: ``warmup_rounds`` rounds of *full-batch* DP-SGD on one global adapter that
      together spend ``warmup_budget`` of each budget (:func:`warmup_noise_multiplier`); every
      community's update (reply minus the model it was sent) is kept with its known noise scale,
      and only the blocks whose spread beats the noise are clustered
      (:func:`select_signal_blocks`; LoRA ``A`` carries only noise while ``B = 0``).
-   * ``"both"``: the warm-up update with the probe appended, each whitened by its own noise.
 
 2. clustering (post-processing of DP releases, free): :func:`cascade_cluster` removes the noise
    variance from the Gram matrix, embeds above the noise edge and picks the number of clusters.
@@ -75,12 +77,12 @@ class CascadeOptions:
     """``[strategy.options]`` of ``cascade``."""
 
     cluster_signal: Literal["probe", "update", "both"] = param(
-        "probe",
+        "both",
         doc="what is clustered: each community's DP probe, released once before round 1 "
         "(fedcascade.clustering.probe), its DP adapter updates of the warm-up rounds, or both",
     )
     probe_budget: float = param(
-        0.35, gt=0, lt=1, doc="share of the budget (GDP mu^2) the probe spends"
+        0.3, gt=0, lt=1, doc="share of the budget (GDP mu^2) the probe spends"
     )
     warmup_rounds: int = param(
         1,

@@ -181,7 +181,12 @@ def test_ablation_turns_both_levers_off(small, tmp_path):
 
 
 def test_every_community_is_measured_even_with_partial_participation(small, tmp_path):
-    summary, rounds, rows = _run(small, tmp_path / "run", "train.participation=0.6")
+    summary, rounds, rows = _run(
+        small,
+        tmp_path / "run",
+        "train.participation=0.6",
+        'strategy.options.cluster_signal="probe"',
+    )
     assert all(len(r["participants"]) < 10 for r in rounds)  # sampling applies to training
     # but every community released its probe before round 1 (first ledger block), so every one
     # was clustered rather than guessed into a cluster
@@ -201,8 +206,9 @@ def _digits_recovery(tmp_path: Path, seed: int) -> None:
         DIGITS, tmp_path / "run", f"seed={seed}", "privacy.target_epsilon=3.0"
     )
     rec = _recovery(rounds, rows)
-    # all four rotations, the 3-community minority included, from the first round on
+    # all four rotations, the 3-community minority included, from the first clustered round on
     assert [r["ari"] for r in rounds] == [1.0] * len(rounds), rounds[0]["assignment"]
+    assert rounds[0]["cluster_signal"] == "both" and rounds[0]["clustered_blocks"][-1] == "probe"
     assert summary["k"] == 4 and rec["minority_recovered"]
     assert summary["max_epsilon_spent"] <= 3.0
 

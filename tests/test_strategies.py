@@ -300,7 +300,13 @@ def _probe_block(row: dict[str, str]) -> dict:
 def test_cascade_clusters_dp_probes_before_round_one(tmp_path):
     from fedcascade.clustering import probe_noise_multiplier
 
-    run_dir, grid = run(tmp_path, 'strategy.name="cascade"', "train.rounds=3")
+    run_dir, grid = run(
+        tmp_path,
+        'strategy.name="cascade"',
+        "train.rounds=3",
+        'strategy.options.cluster_signal="probe"',
+        "strategy.options.probe_budget=0.35",
+    )
     rounds = rounds_of(run_dir)
     assert all(r["phase"] == "clustered" for r in rounds)  # clusters exist from round 1
     assert rounds[0]["ari"] == 1.0 and rounds[0]["k"] == 2
@@ -346,7 +352,12 @@ def test_a_bad_probe_is_dropped_and_its_community_joins_by_its_next_one(
         return out
 
     monkeypatch.setattr("fedcascade.client_app.release_community_probe", first_bad)
-    run_dir, _ = run(tmp_path, 'strategy.name="cascade"', "train.rounds=3")
+    run_dir, _ = run(
+        tmp_path,
+        'strategy.name="cascade"',
+        "train.rounds=3",
+        'strategy.options.cluster_signal="probe"',
+    )
     assert any(
         "probe of community 1 dropped" in r.getMessage() and reason in r.getMessage()
         for r in caplog.records

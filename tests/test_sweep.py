@@ -35,14 +35,23 @@ def test_every_experiment_sweep_expands_and_validates():
             assert len({p.name for p in points}) == len(points)
 
 
-def test_where_rules_apply_only_to_matching_points():
+def test_where_rules_apply_only_to_matching_points(tmp_path):
     points = load_sweep(REPO / "experiments" / "disparity_synthetic.toml", quick=True)
     opts = {p.cfg.strategy.name: p.cfg.strategy.options for p in points}
-    assert opts["cascade"] == {"warmup_rounds": 2}
-    assert opts["r-dpcfl"] == {"k": 4} and opts["fedavg"] == {}
+    assert opts["r-dpcfl"] == {"k": 4} and opts["fedavg"] == {} and opts["cascade"] == {}
     full = load_sweep(REPO / "experiments" / "disparity_synthetic.toml")
     assert len(full) == 6 * 3 * 3
-    assert all(p.cfg.strategy.options.get("warmup_rounds") is None for p in full)  # quick_only
+    # a quick_only rule applies to --quick sweeps only
+    exp = tmp_path / "e.toml"
+    exp.write_text(
+        '[sweep.grid]\n"strategy.name" = ["fedavg", "cascade"]\n[train]\nrounds = 6\n'
+        '[sweep.quick]\n"train.rounds" = 4\n'
+        '[[sweep.where]]\nmatch = { "strategy.name" = "cascade" }\n'
+        'set = { "strategy.options.probe_budget" = 0.5 }\nquick_only = true\n'
+    )
+    quick = {p.cfg.strategy.name: p.cfg.strategy.options for p in load_sweep(exp, quick=True)}
+    assert quick == {"fedavg": {}, "cascade": {"probe_budget": 0.5}}
+    assert all(p.cfg.strategy.options == {} for p in load_sweep(exp))
 
 
 def test_a_bad_point_fails_before_anything_runs(tmp_path):
