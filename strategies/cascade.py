@@ -350,6 +350,7 @@ class Cascade(FedcascadeStrategy):
         ids = [ids[i] for i in keep]
         hist = [h[keep] for h in hist]
         P = np.stack([self.probes[c][0] for c in ids]) if ids else np.zeros((0, 1))
+        self.blocks_used = [*self.blocks_used, "probe"]
         if scales is None:  # non-private: no noise to whiten by; give both parts equal weight
             U = np.mean(hist, axis=0)
             parts = [X / max(np.linalg.norm(X) / np.sqrt(max(len(ids), 1)), 1e-12) for X in (U, P)]
@@ -357,7 +358,6 @@ class Cascade(FedcascadeStrategy):
         U, v = combine_rounds(hist, scales[:, keep])
         ps = np.array([self.probes[c][1] for c in ids])
         white = np.hstack([U / np.sqrt(v)[:, None], P / ps[:, None]])
-        self.blocks_used = [*self.blocks_used, "probe"]
         return ids, [white], np.ones((1, len(ids)))
 
     def _cluster_probes(self, probes: dict[int, tuple[np.ndarray, float]]) -> None:
@@ -487,8 +487,9 @@ class Cascade(FedcascadeStrategy):
         releases it when it is next sampled and joins the nearest cluster by
         :func:`assign_by_update` (post-processing of its probe, free).
 
-        Update mode: late communities (absent from the warm-up, so without an update to cluster)
-        pick a cluster by report-noisy-max over accuracy on their own data, charged."""
+        Update (and both) mode: the probes, if any, are released before the warm-up round;
+        late communities (absent from the warm-up, so without an update to cluster) pick a
+        cluster by report-noisy-max over accuracy on their own data, charged."""
         if self.options.cluster_signal == "probe":
             self._probe_round(grid, server_round)
             return

@@ -406,3 +406,24 @@ def test_cascade_shared_global_adapter_is_one_adapter_across_clusters(tmp_path):
 def test_cascade_shared_patterns_are_checked(tmp_path, patterns, match):
     with pytest.raises(ConfigError, match=match):
         run(tmp_path, 'strategy.name="cascade"', f"strategy.options.shared={patterns}")
+
+
+def test_cascade_both_signals_a_community_without_a_probe_joins_by_selection(tmp_path, monkeypatch):
+    real = community_runtime.release_community_probe
+
+    def lost(cfg, community_id, sigma, seed, state_dir=None):
+        out = real(cfg, community_id, sigma, seed, state_dir)
+        if community_id == 2:
+            out.vector = np.full_like(out.vector, np.nan)
+        return out
+
+    monkeypatch.setattr("fedcascade.client_app.release_community_probe", lost)
+    run_dir, _ = run(tmp_path, 'strategy.name="cascade"', "train.rounds=4")
+    rounds = rounds_of(run_dir)
+    # round 1 is the warm-up (everyone trains); community 2 has an update but no usable probe,
+    # so it cannot be placed in the combined signal space: it is late, then selects privately
+    assert rounds[0]["participants"] == [0, 1, 2, 3] and rounds[0]["late"] == [2]
+    assert rounds[2]["joined_late"] == [2]
+    rows = rows_of(run_dir)
+    assert float(rows[2]["pure_epsilon"]) == pytest.approx(0.09)
+    assert all(float(r["epsilon"]) <= 3.0 + 1e-9 for r in rows)
