@@ -47,10 +47,10 @@ def test_where_rules_apply_only_to_matching_points(tmp_path):
         '[sweep.grid]\n"strategy.name" = ["fedavg", "cascade"]\n[train]\nrounds = 6\n'
         '[sweep.quick]\n"train.rounds" = 4\n'
         '[[sweep.where]]\nmatch = { "strategy.name" = "cascade" }\n'
-        'set = { "strategy.options.probe_budget" = 0.5 }\nquick_only = true\n'
+        'set = { "strategy.options.probe_budget" = 0.25 }\nquick_only = true\n'
     )
     quick = {p.cfg.strategy.name: p.cfg.strategy.options for p in load_sweep(exp, quick=True)}
-    assert quick == {"fedavg": {}, "cascade": {"probe_budget": 0.5}}
+    assert quick == {"fedavg": {}, "cascade": {"probe_budget": 0.25}}
     assert all(p.cfg.strategy.options == {} for p in load_sweep(exp))
 
 
