@@ -124,7 +124,7 @@ class CascadeOptions:
     r_min: int = param(1, ge=1, doc="smallest LoRA rank a cluster gets")
     rank_gamma: float = param(0.5, ge=0, le=1, doc="exponent of the rank rule r_k ~ Pi_k^gamma")
     min_round_fraction: float = param(
-        1.0,
+        0.5,
         gt=0,
         le=1,
         doc="floor on the share of rounds a cluster trains (1: every cluster every round)",

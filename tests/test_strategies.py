@@ -276,6 +276,7 @@ def test_cascade_late_community_joins_by_private_selection(tmp_path, monkeypatch
         "train.rounds=4",
         'strategy.options.cluster_signal="update"',
         "strategy.options.warmup_rounds=1",
+        "strategy.options.min_round_fraction=1",  # every cluster every round: joins are visible
     )
     rounds = rounds_of(run_dir)
     assert rounds[0]["participants"] == [0, 2, 3]  # community 1's warm-up update was unusable
@@ -357,6 +358,7 @@ def test_a_bad_probe_is_dropped_and_its_community_joins_by_its_next_one(
         'strategy.name="cascade"',
         "train.rounds=3",
         'strategy.options.cluster_signal="probe"',
+        "strategy.options.min_round_fraction=1",  # every cluster every round: joins are visible
     )
     assert any(
         "probe of community 1 dropped" in r.getMessage() and reason in r.getMessage()
