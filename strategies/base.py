@@ -348,35 +348,59 @@ class FedcascadeStrategy(Strategy):
             f"cluster-{j}": P.arrays_to_record(self.clusters[k].arrays)
             for j, k in enumerate(cluster_ids)
         }
+        ranks = [self.clusters[k].rank for k in cluster_ids]
+        conf = {"metric": metric, "epsilon": float(epsilon), "ranks": ranks}
+        answers = self._private_query(
+            grid, server_round, "select", communities, lambda c: conf, "selection", base
+        )
+        return {cid: cluster_ids[int(reply.content[P.INFO]["choice"])] for cid, reply in answers}
+
+    def _private_query(
+        self,
+        grid: Grid,
+        server_round: int,
+        action: str,
+        communities: Iterable[CommunityInfo],
+        conf_of: Callable[[CommunityInfo], dict[str, Any]],
+        what: str,
+        base: Mapping[str, Any] | None = None,
+    ) -> list[tuple[int, Message]]:
+        """Send each community a ``query`` with ``action`` (plus ``conf_of(c)`` and the shared
+        ``base`` records) and a fresh seed; return (community_id, reply) for the answers that
+        computed something. Every answer's ledger summary is kept; failed or malformed answers
+        and budget refusals (the community is then marked exhausted) are logged and left out."""
         msgs = []
         for c in communities:
-            content = RecordDict(dict(base))
+            content = RecordDict(dict(base or {}))
             content[P.CONFIG] = ConfigRecord(
                 {
-                    "action": "select",
+                    "action": action,
                     "experiment": self.experiment_toml,
                     "community-id": c.community_id,
                     "server-round": server_round,
-                    "metric": metric,
-                    "epsilon": float(epsilon),
-                    "ranks": [self.clusters[k].rank for k in cluster_ids],
+                    **conf_of(c),
                     "seed": int(self.rng.integers(2**31)),
                 }
             )
             msgs.append(Message(content=content, message_type="query", dst_node_id=c.node_id))
-        chosen: dict[int, int] = {}
+        answers: list[tuple[int, Message]] = []
         for reply in grid.send_and_receive(msgs, timeout=self.cfg.train.timeout_seconds):
-            if failed(reply, "selection"):
+            if failed(reply, what):
                 continue
-            info = reply.content[P.INFO]
-            cid = int(info["community-id"])
-            self.privacy[cid] = P.record_to_privacy(reply.content[P.PRIVACY])
-            if str(info["status"]) == P.STATUS_BUDGET:
-                log(WARNING, "community %s refused selection: privacy budget exhausted", cid)
+            try:
+                info = reply.content[P.INFO]
+                cid = int(info["community-id"])
+                self.privacy[cid] = P.record_to_privacy(reply.content[P.PRIVACY])
+                status = str(info["status"])
+            except (KeyError, ValueError, TypeError) as e:
+                log(WARNING, "malformed %s reply dropped: %r", what, e)
+                continue
+            if status == P.STATUS_BUDGET:
+                log(WARNING, "community %s refused %s: privacy budget exhausted", cid, what)
                 self.budget_exhausted.add(cid)
                 continue
-            chosen[cid] = cluster_ids[int(info["choice"])]
-        return chosen
+            answers.append((cid, reply))
+        return answers
 
     def release_probes(
         self,
@@ -396,35 +420,18 @@ class FedcascadeStrategy(Strategy):
         from fedcascade.clustering.probe import probe_noise_std, probe_norm_bound
 
         sigmas: dict[int, float | None] = {}
-        msgs = []
-        for c in communities:
-            sigma = noise_multiplier(c)
-            sigmas[c.community_id] = sigma
-            conf = {
-                "action": "probe",
-                "experiment": self.experiment_toml,
-                "community-id": c.community_id,
-                "server-round": server_round,
-                "private": sigma is not None,
-                "noise-multiplier": float(sigma or 0.0),
-                "seed": int(self.rng.integers(2**31)),
-            }
-            content = RecordDict({P.CONFIG: ConfigRecord(conf)})
-            msgs.append(Message(content=content, message_type="query", dst_node_id=c.node_id))
+
+        def conf_of(c: CommunityInfo) -> dict[str, Any]:
+            sigma = sigmas[c.community_id] = noise_multiplier(c)
+            return {"private": sigma is not None, "noise-multiplier": float(sigma or 0.0)}
+
         got: dict[int, tuple[np.ndarray, int]] = {}
-        for reply in grid.send_and_receive(msgs, timeout=self.cfg.train.timeout_seconds):
-            if failed(reply, "probe"):
-                continue
+        for cid, reply in self._private_query(
+            grid, server_round, "probe", communities, conf_of, "probe"
+        ):
             try:
-                info = reply.content[P.INFO]
-                cid = int(info["community-id"])
-                self.privacy[cid] = P.record_to_privacy(reply.content[P.PRIVACY])
-                if str(info["status"]) == P.STATUS_BUDGET:
-                    log(WARNING, "community %s refused its probe: privacy budget exhausted", cid)
-                    self.budget_exhausted.add(cid)
-                    continue
                 vec = P.record_to_arrays(reply.content[P.ARRAYS])[P.PROBE]
-                got[cid] = (vec, int(info["n-train"]))
+                got[cid] = (vec, int(reply.content[P.INFO]["n-train"]))
             except (KeyError, ValueError, TypeError) as e:
                 log(WARNING, "malformed probe reply dropped: %r", e)
         shapes = [v.shape for v, _ in got.values()]

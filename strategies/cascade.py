@@ -333,11 +333,11 @@ class Cascade(FedcascadeStrategy):
             hist = [h[:, cols] for h in hist]
         if self.options.cluster_signal == "both":
             ids, hist, scales = self._with_probes(ids, hist, scales)
-        self._install(
-            cascade_cluster(
-                hist, scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
-            ),
-            ids,
+        self._install(self._fit(hist, scales), ids)
+
+    def _fit(self, hist: list[np.ndarray], scales: np.ndarray | None) -> Any:
+        return cascade_cluster(
+            hist, scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
         )
 
     def _with_probes(
@@ -370,12 +370,7 @@ class Cascade(FedcascadeStrategy):
         U = np.stack([probes[c][0] for c in ids])
         scales = np.array([[probes[c][1] for c in ids]]) if self.is_private else None
         self.blocks_used = ["probe"]
-        self._install(
-            cascade_cluster(
-                [U], scales, self.options.k_max, self.cfg.seed, criterion=self.options.criterion
-            ),
-            ids,
-        )
+        self._install(self._fit([U], scales), ids)
 
     def _install(self, result: Any, ids: list[int]) -> None:
         """Adopt a clustering of the communities ``ids``: assignment, ranks, cluster models and
@@ -490,12 +485,15 @@ class Cascade(FedcascadeStrategy):
         Update (and both) mode: the probes, if any, are released before the warm-up round;
         late communities (absent from the warm-up, so without an update to cluster) pick a
         cluster by report-noisy-max over accuracy on their own data, charged."""
-        if self.options.cluster_signal == "probe":
-            self._probe_round(grid, server_round)
-            return
-        if self.options.cluster_signal == "both" and server_round == 1:
-            everyone = [c for cid, c in sorted(self.communities.items())]
+        probe_only = self.options.cluster_signal == "probe"
+        if server_round == 1 and self.options.cluster_signal != "update":
+            everyone = [self.communities[c] for c in sorted(self.communities)]
             self.probes = self.release_probes(grid, server_round, everyone, self._probe_sigma)
+            if probe_only:
+                self._cluster_probes(self.probes)
+            return
+        if probe_only:
+            self._join_by_probe(grid, server_round)
             return
         if server_round <= self.warmup + 1 or not self.late:
             return  # (in the first round after clustering the cluster models are still alike)
@@ -507,12 +505,8 @@ class Cascade(FedcascadeStrategy):
         )
         self._join(chosen, server_round)
 
-    def _probe_round(self, grid: Any, server_round: int) -> None:
-        if server_round == 1:
-            everyone = [c for cid, c in sorted(self.communities.items())]
-            self.probes = self.release_probes(grid, server_round, everyone, self._probe_sigma)
-            self._cluster_probes(self.probes)
-            return
+    def _join_by_probe(self, grid: Any, server_round: int) -> None:
+        """Late communities sampled now release their probes and join the nearest cluster."""
         now = [c for c in self._sampled(server_round) if c.community_id in self.late]
         if not now:
             return
