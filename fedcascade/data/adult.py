@@ -150,15 +150,13 @@ def build_adult(cfg: DataConfig, seed: int) -> Federation:
     record_sub = np.argsort(names)[record_sub].astype(np.int64)
 
     minority = [k for k, (_, m, _) in enumerate(plan) if m < ac.minority_share * total]
-    public = reserve_public(
+    public, keep = reserve_public(
         cfg.public_records,
         record_sub,
         minority,
         cfg.public_pool.minority_weight,
         np.random.default_rng([seed, _STREAM_PUBLIC]),
     )
-    keep = np.ones(len(rows), dtype=bool)
-    keep[public] = False
     units = []
     for k, (g, _, n_comm) in enumerate(plan):
         sel = np.flatnonzero((record_sub == k) & keep)

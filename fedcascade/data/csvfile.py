@@ -216,15 +216,13 @@ def build_csv(cfg: DataConfig, seed: int) -> Federation:
     else:
         minority = []
 
-    public = reserve_public(
+    public, keep = reserve_public(
         cfg.public_records,
         record_sub,
         minority,
         cfg.public_pool.minority_weight,
         np.random.default_rng([seed, _STREAM_PUBLIC]),
     )
-    keep = np.ones(len(df), dtype=bool)
-    keep[public] = False
 
     units: list[Unit] = []
     if cc.community is not None:

@@ -33,7 +33,7 @@ def reserve_public(
     minority: list[int],
     minority_weight: float,
     rng: np.random.Generator,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick the rows of a table that form the public pool.
 
     Each row is drawn (without replacement) with weight ``minority_weight`` if its
@@ -54,19 +54,24 @@ def reserve_public(
 
     Returns
     -------
-    numpy.ndarray
+    public : numpy.ndarray
         Sorted int64 row positions of the public pool.
+    keep : numpy.ndarray
+        Boolean mask of the rows left for the communities (every row not in ``public``).
     """
     n = len(record_sub)
+    keep = np.ones(n, dtype=bool)
     if n_public <= 0 or n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), keep
     w = np.ones(n)
     w[np.isin(record_sub, minority)] = minority_weight
     n_public = min(n_public, int((w > 0).sum()))
     # Efraimidis-Spirakis: the n largest of u^(1/w) are a weighted sample without replacement.
     with np.errstate(divide="ignore"):
         keys = np.where(w > 0, np.log(rng.random(n)) / np.where(w > 0, w, 1.0), -np.inf)
-    return np.sort(np.argsort(-keys, kind="stable")[:n_public]).astype(np.int64)
+    public = np.sort(np.argsort(-keys, kind="stable")[:n_public]).astype(np.int64)
+    keep[public] = False
+    return public, keep
 
 
 def majority_label(values: np.ndarray) -> int:
