@@ -33,6 +33,21 @@ MIN_COMMUNITY_RECORDS = 3
 _STREAM_PUBLIC, _STREAM_SPLIT = 20, 21
 
 
+def drop_missing(df, path: str):  # pandas.DataFrame -> pandas.DataFrame
+    """``df`` without the rows that miss a value, warning (as from the data builder's caller)
+    how many of the file's rows that dropped."""
+    n_rows = len(df)
+    df = df.dropna()
+    if len(df) < n_rows:
+        warnings.warn(
+            f"{path}: dropped {n_rows - len(df)} of {n_rows} rows with a missing value in a "
+            "used column",
+            UserWarning,
+            stacklevel=4,
+        )
+    return df
+
+
 def read_table(path: str, usecols: list[str] | None = None):  # -> pandas.DataFrame
     """Read a CSV file, turning every failure into a :class:`DataError` naming the file.
 
@@ -158,14 +173,7 @@ def build_csv(cfg: DataConfig, seed: int) -> Federation:
     all_communities = (
         set(df[cc.community].dropna().astype(str)) if cc.community is not None else set()
     )
-    df = df.dropna()
-    if len(df) < n_rows:
-        warnings.warn(
-            f"{cc.path}: dropped {n_rows - len(df)} of {n_rows} rows with a missing value in a "
-            "used column",
-            UserWarning,
-            stacklevel=3,
-        )
+    df = drop_missing(df, cc.path)
     if len(df) == 0:
         raise DataError("data.csv.path", cc.path, "rows without missing values in the used columns")
     row_ids = df.index.to_numpy(dtype=np.int64)  # row number in the file (0 = first data row)

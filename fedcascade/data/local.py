@@ -35,7 +35,13 @@ import numpy as np
 from fedcascade.data.assemble import Unit, communities_from_units, warn_small_test_groups
 from fedcascade.data.build import data_seed
 from fedcascade.data.config import CsvConfig, DataConfig, PartitionConfig
-from fedcascade.data.csvfile import MIN_COMMUNITY_RECORDS, _used_columns, numeric_matrix, read_table
+from fedcascade.data.csvfile import (
+    MIN_COMMUNITY_RECORDS,
+    _used_columns,
+    drop_missing,
+    numeric_matrix,
+    read_table,
+)
 from fedcascade.data.tabular import standardize
 from fedcascade.data.types import Community
 from fedcascade.errors import DataError
@@ -309,15 +315,7 @@ def _build_local(cfg: DataConfig, s: int, community_id: int, path: str) -> Commu
     schema = reference_schema(cc)
     columns = list(dict.fromkeys([cc.label, *cc.numeric, *cc.categorical, *cc.groups]))
     df = _read_node_table(path, columns)
-    n_rows = len(df)
-    df = df.dropna()
-    if len(df) < n_rows:
-        warnings.warn(
-            f"{path}: dropped {n_rows - len(df)} of {n_rows} rows with a missing value in a "
-            "used column",
-            UserWarning,
-            stacklevel=3,
-        )
+    df = drop_missing(df, path)
     if len(df) < MIN_COMMUNITY_RECORDS:
         raise DataError(
             f"data-path (node config) {path}",
