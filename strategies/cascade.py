@@ -297,8 +297,7 @@ class Cascade(FedcascadeStrategy):
         )
         for cluster in self.clusters.values():
             part = truncate_lora(glob, cluster.rank, alpha)
-            dtypes = {k: cluster.arrays[k].dtype for k in part}
-            cluster.arrays.update({k: v.astype(dtypes[k]) for k, v in part.items()})
+            cluster.arrays.update({k: v.astype(cluster.arrays[k].dtype) for k, v in part.items()})
 
     @staticmethod
     def _delta(reply: Reply, sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
